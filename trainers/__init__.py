@@ -1,0 +1,9 @@
+"""SAE training: the buffer, the trainer, and one file per variant, registered here."""
+
+from trainers import relu, topk
+
+# name -> module with `Config` (its hyperparameters and defaults) and `build_sae(...)`.
+VARIANTS = {
+    "relu": relu,
+    "topk": topk,
+}

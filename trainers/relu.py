@@ -1,0 +1,23 @@
+"""Baseline: ReLU SAE with an L1 sparsity penalty (SAELens's StandardTrainingSAE)."""
+
+from dataclasses import dataclass
+
+from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
+
+
+@dataclass
+class Config:
+    l1_coefficient: float = 5.0  # on normalized activations (E||x|| = sqrt(d_model))
+    l1_warm_up_frac: float = 0.05  # fraction of steps over which the L1 coefficient ramps from 0
+
+
+def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> StandardTrainingSAE:
+    return StandardTrainingSAE(
+        StandardTrainingSAEConfig(
+            d_in=d_in,
+            d_sae=d_sae,
+            l1_coefficient=cfg.l1_coefficient,
+            l1_warm_up_steps=int(cfg.l1_warm_up_frac * n_steps),
+            **common,
+        )
+    )

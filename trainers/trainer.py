@@ -1,0 +1,177 @@
+"""The training loop shared by every variant.
+
+SAELens's SAETrainer does the optimizer step, LR schedule (warm-up + linear decay), coefficient
+warm-up (L1), gradient clipping and dead-feature bookkeeping; we drive it one `step()` at a time
+from our own buffer (its `fit()` wants a plain tensor iterator and logs only to wandb). Added here,
+because SAELens does not do them: the decoder rows are kept at unit norm (gradient projected onto
+the tangent space, rows renormalized after every step), b_dec starts at the data mean, the variant
+sees the current batch's provenance (sequence, position) and the buffer for neighbours, metrics
+are logged to memory every `log_every` steps, and the final numbers are averaged over the last
+steps instead of read off one batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from sae_lens.config import SAETrainerConfig
+from sae_lens.training.sae_trainer import SAETrainer
+from tqdm.auto import tqdm
+
+from trainers.buffer import ActivationBuffer
+
+
+class TrainingFailed(RuntimeError):
+    """Training produced something that is not a result (NaN loss, no steps)."""
+
+
+@dataclass
+class TrainSettings:
+    n_tokens: int
+    batch_size: int
+    lr: float = 4e-4
+    lr_warm_up_frac: float = 0.02
+    lr_decay_frac: float = 0.2
+    dead_feature_window: int = 400  # steps without firing after which a feature counts as dead
+    log_every: int = 20
+    final_avg_frac: float = 0.05  # final metrics = mean over this last fraction of steps
+    seed: int = 0
+
+    @property
+    def n_steps(self) -> int:
+        return self.n_tokens // self.batch_size
+
+
+@dataclass
+class TrainResult:
+    n_steps: int
+    n_tokens: int
+    wall_time_s: float
+    tokens_per_s: float
+    model_tokens: int  # tokens run through the LM (BOS included)
+    epochs_started: int
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    final: dict[str, float] = field(default_factory=dict)
+    activation_scale: float = 1.0
+
+
+def constrain_decoder(sae) -> None:
+    """Keep W_dec rows at unit norm: project each row's gradient onto the sphere's tangent space,
+    and renormalize after the optimizer step (see `renormalize_decoder`)."""
+
+    def project(grad: torch.Tensor) -> torch.Tensor:
+        w = sae.W_dec.detach()
+        w_unit = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        return grad - (grad * w_unit).sum(-1, keepdim=True) * w_unit
+
+    sae.W_dec.register_hook(project)
+
+
+@torch.no_grad()
+def renormalize_decoder(sae) -> None:
+    sae.W_dec.data /= sae.W_dec.data.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+
+@torch.no_grad()
+def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """1 - sum_d Var(x_d - x_hat_d) / sum_d Var(x_d), over all rows (variance about the mean)."""
+    x, x_hat = x.double(), x_hat.double()
+    resid = x - x_hat
+    resid_var = (resid - resid.mean(0)).pow(2).sum()
+    total_var = (x - x.mean(0)).pow(2).sum()
+    return float(1 - resid_var / total_var.clamp_min(1e-30))
+
+
+def train_sae(sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index: int = 0) -> TrainResult:
+    n_steps = settings.n_steps
+    if n_steps < 1:
+        raise TrainingFailed(f"n_tokens={settings.n_tokens} < batch_size={settings.batch_size}: 0 training steps")
+    device = str(buffer.device)
+    torch.manual_seed(settings.seed)
+    sae.to(device)
+    with torch.no_grad():  # b_dec at the data mean: most of the residual's energy is its mean
+        sae.b_dec.data = buffer.mean_activation(hook_index).to(sae.b_dec)
+    renormalize_decoder(sae)
+    constrain_decoder(sae)
+    trainer = SAETrainer(
+        cfg=SAETrainerConfig(
+            total_training_samples=n_steps * settings.batch_size,
+            train_batch_size_samples=settings.batch_size,
+            lr=settings.lr,
+            lr_end=settings.lr,
+            lr_scheduler_name="constant",
+            lr_warm_up_steps=int(settings.lr_warm_up_frac * n_steps),
+            lr_decay_steps=int(settings.lr_decay_frac * n_steps),
+            device=device,
+            dead_feature_window=settings.dead_feature_window,
+            feature_sampling_window=max(1, n_steps),
+        ),
+        sae=sae,
+        data_provider=iter(()),  # unused: we call trainer.step() with our own batches
+    )
+    per_step: dict[str, list[float]] = {}
+    curves: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    bar = tqdm(range(n_steps), desc=f"training SAE ({n_steps} steps)", unit="step")
+    for step in bar:
+        batch = buffer.next_batch(settings.batch_size)
+        sae.current_batch, sae.buffer = batch, buffer  # provenance, for variants that use neighbours
+        out = trainer.step(batch.acts[:, hook_index].float())
+        trainer.n_training_steps += 1
+        renormalize_decoder(sae)
+        loss = out.loss.item()
+        if not math.isfinite(loss):
+            raise TrainingFailed(f"loss became {loss} at step {step}; lower the learning rate or the coefficients")
+        with torch.no_grad():
+            row = {
+                "loss": loss,
+                "l0": (out.feature_acts > 0).float().sum(-1).mean().item(),
+                "l1_norm": out.feature_acts.abs().sum(-1).mean().item(),
+                "explained_variance": explained_variance(out.sae_in, out.sae_out),
+                **{name: v.item() for name, v in out.losses.items()},
+            }
+        for k, v in row.items():
+            per_step.setdefault(k, []).append(v)
+        if step % settings.log_every == 0 or step == n_steps - 1:
+            elapsed = time.perf_counter() - start
+            logged = {
+                "step": step + 1,
+                "tokens": (step + 1) * settings.batch_size,
+                **row,
+                "dead_frac": trainer.dead_neurons.float().mean().item(),
+                "lr": trainer.optimizer.param_groups[0]["lr"],
+                "tokens_per_s": (step + 1) * settings.batch_size / elapsed,
+            }
+            for k, v in logged.items():
+                curves.setdefault(k, []).append(v)
+            bar.set_postfix(loss=f"{loss:.2f}", L0=f"{row['l0']:.0f}", ev=f"{row['explained_variance']:.3f}",
+                            tok_s=f"{logged['tokens_per_s']:.0f}")
+    del sae.current_batch, sae.buffer
+    wall = time.perf_counter() - start
+    tail = max(1, int(settings.final_avg_frac * n_steps))
+    final = {k: float(sum(v[-tail:]) / len(v[-tail:])) for k, v in per_step.items()}
+    final["dead_frac"] = trainer.dead_neurons.float().mean().item()
+    final["alive_frac"] = 1 - final["dead_frac"]
+    final["averaged_over_last_steps"] = tail
+    return TrainResult(
+        n_steps=n_steps,
+        n_tokens=n_steps * settings.batch_size,
+        wall_time_s=wall,
+        tokens_per_s=n_steps * settings.batch_size / wall,
+        model_tokens=buffer.n_model_tokens,
+        epochs_started=buffer.epochs_started,
+        curves=curves,
+        final=final,
+        activation_scale=float(buffer.scale[hook_index]),
+    )
+
+
+@torch.no_grad()
+def fold_into_model_space(sae, scale: float) -> None:
+    """Make the SAE take and return raw model activations: fold the buffer's normalization scale
+    into the weights, then move decoder norms into the encoder so W_dec rows are unit norm."""
+    sae.fold_activation_norm_scaling_factor(scale)
+    sae.fold_W_dec_norm()
