@@ -7,7 +7,7 @@ from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
 
 @dataclass
 class Config:
-    l1_coefficient: float = 5.0  # on normalized activations (E||x|| = sqrt(d_model))
+    l1_coefficient: float = 1.0  # on normalized activations (E||x|| = sqrt(d_model))
     l1_warm_up_frac: float = 0.05  # fraction of steps over which the L1 coefficient ramps from 0
 
 

@@ -77,7 +77,10 @@ def renormalize_decoder(sae) -> None:
 
 @torch.no_grad()
 def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    """1 - sum_d Var(x_d - x_hat_d) / sum_d Var(x_d), over all rows (variance about the mean)."""
+    """1 - sum_d Var(x_d - x_hat_d) / sum_d Var(x_d) over the rows of x [n, d].
+
+    Variance about the mean: predicting the per-dimension mean explains 0, a perfect
+    reconstruction explains 1 (unlike sae_bench 0.6.0's variance about zero)."""
     x, x_hat = x.double(), x_hat.double()
     resid = x - x_hat
     resid_var = (resid - resid.mean(0)).pow(2).sum()

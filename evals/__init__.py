@@ -1,0 +1,1 @@
+"""Evaluations: SAEBench wrappers fed with the harness's loaded model and data."""

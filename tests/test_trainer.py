@@ -1,0 +1,85 @@
+import pytest
+import torch
+from sae_lens import SAE
+from sae_lens.saes.sae import SAEMetadata, TrainStepInput
+
+from tests.conftest import make_sequences
+from trainers import relu, topk
+from trainers.buffer import ActivationBuffer
+from trainers.trainer import TrainSettings, explained_variance, fold_into_model_space, train_sae
+
+HOOK = "blocks.1.hook_resid_post"
+META = dict(model_name="tiny", hook_name=HOOK, hook_layer=1, context_size=9, prepend_bos=True)
+
+
+def build(variant, d_sae=32, n_steps=10, **cfg):
+    mod = {"relu": relu, "topk": topk}[variant]
+    return mod.build_sae(mod.Config(**cfg), 16, d_sae, n_steps, decoder_init_norm=1.0, metadata=SAEMetadata(**META))
+
+
+def test_relu_l1_loss_matches_hand_computation():
+    sae = relu.build_sae(relu.Config(l1_coefficient=0.5, l1_warm_up_frac=0.0), 2, 2, n_steps=1, decoder_init_norm=1.0)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(2))
+        sae.W_dec.copy_(torch.eye(2))
+        sae.b_enc.zero_()
+        sae.b_dec.copy_(torch.tensor([0.0, 1.0]))
+    x = torch.tensor([[1.0, -1.0], [3.0, 2.0]])
+    # centred: [[1,-2],[3,1]] -> f = [[1,0],[3,1]] -> x_hat = f + b_dec = [[1,1],[3,2]]
+    # squared error per row: [0+4, 0+0] -> mse = mean(4, 0) = 2; L1 per row [1, 4] -> 0.5 * 2.5 = 1.25
+    out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"l1": 0.5}, dead_neuron_mask=None,
+                                                   n_training_steps=0, is_logging_step=False))
+    assert out.losses["mse_loss"].item() == pytest.approx(2.0)
+    assert out.losses["l1_loss"].item() == pytest.approx(1.25)
+    assert out.loss.item() == pytest.approx(3.25)
+
+
+def test_explained_variance_is_zero_for_the_mean_and_one_for_perfect_on_large_mean_data():
+    g = torch.Generator().manual_seed(0)
+    x = 1000.0 + torch.randn(500, 8, generator=g, dtype=torch.float64)
+    assert explained_variance(x, x.mean(0).expand_as(x)) == pytest.approx(0.0, abs=1e-9)
+    assert explained_variance(x, x) == pytest.approx(1.0)
+    # halving the deviations from the mean leaves a quarter of the variance: EV = 0.75
+    half = x.mean(0) + 0.5 * (x - x.mean(0))
+    assert explained_variance(x, half) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("variant", ["relu", "topk"])
+def test_training_keeps_decoder_unit_norm_starts_b_dec_at_mean_and_moves_every_parameter(tiny_model, variant):
+    seqs = make_sequences(n_seq=16)
+    buf = ActivationBuffer(tiny_model, seqs, [HOOK], seqs_per_fill=4)
+    sae = build(variant, n_steps=12, **({"k": 4} if variant == "topk" else {}))
+    before = {n: p.detach().clone() for n, p in sae.named_parameters()}
+    mean = buf.mean_activation()
+    result = train_sae(sae, buf, TrainSettings(n_tokens=12 * 8, batch_size=8, lr=1e-2, log_every=5))
+    assert result.n_steps == 12
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(32), rtol=1e-5, atol=1e-5)
+    for name, p in sae.named_parameters():
+        assert not torch.equal(p, before[name]), f"{name} did not move: no gradient reached it"
+    assert (sae.b_dec - mean).norm() < (sae.b_dec - before["b_dec"]).norm()  # b_dec started at the mean
+    assert result.curves["step"] == [1, 6, 11, 12]
+    assert all(torch.isfinite(torch.tensor(v)).all() for v in result.curves.values())
+    assert set(result.final) >= {"loss", "l0", "explained_variance", "mse_loss", "dead_frac"}
+
+
+@pytest.mark.parametrize("variant", ["relu", "topk"])
+def test_folded_sae_reconstructs_raw_activations_like_the_trained_one_and_loads_back(tmp_path, variant):
+    torch.manual_seed(0)
+    sae = build(variant, **({"k": 4} if variant == "topk" else {}))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        sae.W_dec.data /= sae.W_dec.data.norm(dim=-1, keepdim=True)
+    scale = 0.05
+    x_raw = 40 * torch.randn(20, 16)
+    with torch.no_grad():
+        expected = sae(x_raw * scale) / scale
+        fold_into_model_space(sae, scale)
+        torch.testing.assert_close(sae(x_raw), expected, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(32))
+    sae.save_inference_model(tmp_path / "sae")
+    loaded = SAE.load_from_disk(str(tmp_path / "sae"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x_raw), expected, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(loaded.encode(x_raw), sae.encode(x_raw))
+    assert loaded.cfg.metadata.hook_name == HOOK
