@@ -67,6 +67,7 @@ def run_core_eval(
         get_eval_uuid,
         get_sae_bench_version,
         get_sae_lens_version,
+        replace_nans_with_negative_one,
         run_evals,
         save_single_eval_result,
     )
@@ -141,6 +142,8 @@ def run_core_eval(
     }
     # SAEBench's pydantic schema has no field for our extra numbers: save with its writer, then
     # add them to the JSON it wrote.
+    # As SAEBench's multiple_evals does: per-feature ratios of features that never fired (0/0) -> -1.
+    result = replace_nans_with_negative_one(result)
     save_single_eval_result(result, get_eval_uuid(), get_sae_lens_version(), get_sae_bench_version(), str(tmp), sae)
     if not tmp.exists():
         raise EvalFailed("SAEBench core wrote no result file")

@@ -32,7 +32,10 @@ def test_tiny_default_run_writes_a_sane_final_info_sae_and_notes(tiny_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = cwd / "run_0"
     assert not (cwd / "run_0.partial").exists()
-    info = json.loads((run / "final_info.json").read_text())
+    def no_nan(token):
+        raise AssertionError(f"final_info.json holds {token}")
+
+    info = json.loads((run / "final_info.json").read_text(), parse_constant=no_nan)
     assert info["status"] == "ok" and info["failures"] == []
     assert info["config"]["variant"] == "relu" and info["config"]["model"] == "gemma-3-270m-embedded"
     tr = info["training"]
