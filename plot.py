@@ -49,6 +49,13 @@ def _bars(ax, runs, values, title, ylabel=None):
                     va="bottom", fontsize=8)
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_training_curves(runs, out: Path) -> Path | None:
     with_curves = [r for r in runs if r["info"].get("training", {}).get("curves", {}).get("tokens")]
     if not with_curves:
@@ -61,11 +68,7 @@ def plot_training_curves(runs, out: Path) -> Path | None:
     axes[0].set(title="training loss (normalized activations)", xlabel="training tokens", ylabel="loss", yscale="log")
     axes[1].set(title="L0 per token during training", xlabel="training tokens", ylabel="active features", yscale="log")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "training_curves.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "training_curves.png")
 
 
 def _with_core(runs):
@@ -87,11 +90,7 @@ def plot_core_metrics(runs, out: Path) -> Path | None:
     for ax, (title, values) in zip(axes, panels):
         _bars(ax, runs, values, title)
     fig.suptitle("SAEBench core on held-out text")
-    fig.tight_layout()
-    path = out / "core_metrics.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "core_metrics.png")
 
 
 def plot_sparsity(runs, out: Path) -> Path | None:
@@ -104,11 +103,7 @@ def plot_sparsity(runs, out: Path) -> Path | None:
         _bars(axes[0], core_runs, [x["l0"] for x in m], "L0 (held-out)")
         _bars(axes[1], core_runs, [x["l1"] for x in m], "L1 of feature activations (held-out)")
     _bars(axes[2], runs, [r["info"]["training"]["final"]["dead_frac"] for r in runs], "dead fraction (end of training)")
-    fig.tight_layout()
-    path = out / "sparsity.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "sparsity.png")
 
 
 def plot_l0_vs_ce(runs, out: Path) -> Path | None:
@@ -123,11 +118,7 @@ def plot_l0_vs_ce(runs, out: Path) -> Path | None:
         ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set(xscale="log", xlabel="L0 (held-out)", ylabel="CE-loss score", title="sparsity vs. model-loss preservation")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "l0_vs_ce_loss.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "l0_vs_ce_loss.png")
 
 
 def main(argv: list[str]) -> int:
