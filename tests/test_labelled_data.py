@@ -1,0 +1,85 @@
+from collections import Counter
+
+import pytest
+
+from evals import labelled_data as L
+from trainers.data import DataError
+
+
+def test_balanced_split_equal_classes_and_no_group_on_both_sides():
+    # 3 classes; class "c" is small, so every class is cut to its size. Groups g0..g59 shared by a/b.
+    examples = [(f"a{i}", "a", f"g{i}") for i in range(60)] + [(f"b{i}", "b", f"g{i}") for i in range(60)]
+    examples += [(f"c{i}", "c", f"c{i}") for i in range(24)] + [("a0", "a", "g0")]  # a duplicate text
+    train, test = L.balanced_split(examples, ("a", "b", "c"), n_train=100, n_test=100, test_percent=25)
+    tr, te = Counter(c for _, c in train), Counter(c for _, c in test)
+    assert len(set(tr.values())) == 1 and len(set(te.values())) == 1, (tr, te)
+    assert set(tr) == set(te) == {"a", "b", "c"}
+    assert not {t for t, _ in train} & {t for t, _ in test}
+    group = {t: g for t, _, g in examples}
+    assert not {group[t] for t, _ in train} & {group[t] for t, _ in test}
+    assert len({t for t, _ in train}) == len(train)  # duplicate text used once
+    # fixed seed: same result again
+    assert (train, test) == L.balanced_split(examples, ("a", "b", "c"), n_train=100, n_test=100, test_percent=25)
+
+
+def test_balanced_split_refuses_a_class_with_no_examples():
+    with pytest.raises(DataError):
+        L.balanced_split([("x", "a", "x"), ("y", "a", "y")], ("a", "b"), 10, 10)
+
+
+@pytest.mark.parametrize("name", sorted(L.PROBING_SETS))
+def test_probing_sets_are_balanced_disjoint_and_labelled(name):
+    s = L.PROBING_SETS[name]()
+    for part in (s.train, s.test):
+        counts = Counter(c for _, c in part)
+        assert set(counts) == set(s.classes) and len(set(counts.values())) == 1, counts
+        assert all(text.strip() for text, _ in part)
+    assert not {t for t, _ in s.train} & {t for t, _ in s.test}
+    assert len(s.test) >= 10 * len(s.classes) and len(s.train) >= 40 * len(s.classes)
+
+
+def test_labels_are_right_on_known_examples():
+    topic = dict(L.topic_set().train + L.topic_set().test)
+    lake = next(t for t in topic if t.startswith("Lake Victoria is"))
+    assert topic[lake] == "Geography"
+    code = L.code_set()
+    for text, lang in code.train[:50]:
+        if lang == "python":
+            assert "def " in text
+        if lang == "php":
+            assert "<?php" in text or "function" in text
+    lang = L.language_set()
+    for text, c in lang.test[:60]:
+        words = set(text.lower().split())
+        if c == "fr":
+            assert words & {"le", "la", "les", "est", "des", "du"}, text[:80]
+        if c == "en":
+            assert words & {"the", "is", "of", "and", "was"}, text[:80]
+    subj = dict(L.mmlu_subject_set().test)
+    assert all(c in L.MMLU_SUBJECTS for c in subj.values())
+
+
+def test_profession_and_gender_from_biography_text():
+    assert L.profession_of("Ludwig van Beethoven was a German composer and pianist. He wrote music.") == "composer"
+    assert L.profession_of("Goethe was a German poet, playwright and novelist. More text.") is None  # two classes
+    assert L.profession_of("Lake Victoria is a lake. It is big.") is None
+    assert L.gender_of("She was born in Paris. Her work is known.") == "female"
+    assert L.gender_of("He was born in Paris. His work is known.") == "male"
+    assert L.gender_of("He met her in Paris. His work is known.") is None
+
+
+def test_topic_language_set_has_all_four_cells_balanced():
+    s = L.topic_language_set()
+    cells = Counter(zip((c for _, c in s.train), s.extra_train["language"]))
+    assert set(cells) == {(t, lang) for t in ("People", "Geography") for lang in ("en", "fr")}
+    assert len(set(cells.values())) == 1
+    assert len(s.extra_test["language"]) == len(s.test)
+
+
+def test_unlearning_corpora_are_disjoint_domains_and_splits():
+    forget_train, forget_held = L.domain_texts("forget", "train"), L.domain_texts("forget", "held_out")
+    retain_held = L.domain_texts("retain", "held_out")
+    assert len(forget_train) > 500 and len(forget_held) > 50 and len(retain_held) > 200
+    assert not set(forget_train) & set(forget_held)
+    assert not set(forget_held) & set(retain_held)
+    assert len(L.mmlu("virology")) == 189 and {"question", "choices", "answer"} <= set(L.mmlu("virology")[0])
