@@ -20,6 +20,7 @@ import re
 import shutil
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ if not any(a.startswith(("--model", "--dataset")) for a in sys.argv[1:]):
 
 import torch  # noqa: E402
 
+from evals import DEFAULT_EVALS, EVAL_NAMES  # noqa: E402
 from trainers import VARIANTS  # noqa: E402
 from trainers.buffer import ActivationBuffer, BufferError_, hook_layer  # noqa: E402
 from trainers.data import EMBEDDED_DATASET, DataError, build_sequences  # noqa: E402
@@ -68,11 +70,16 @@ class Config:
     seqs_per_fill: int = 128  # buffer: sequences per refill (the buffer holds two fills)
     model_batch_size: int = 16  # sequences per LM forward pass
     # evaluation
-    evals: str = "core"
+    evals: str = ",".join(DEFAULT_EVALS)  # any of evals.EVAL_NAMES, comma-separated, or "all"/"none"
     core_reconstruction_batches: int = 8  # CE/KL: full forward passes, the slow part on a CPU
     core_sparsity_variance_batches: int = 16
     core_batch_size_prompts: int = 8
     held_out_percent: int = 10
+    sp_train_per_class: int = 40  # sparse probing (offline sets): texts per class
+    sp_test_per_class: int = 20
+    probe_context_length: int = 64  # sparse probing / SCR / TPP: tokens per text (SAEBench pads to it)
+    scr_texts_per_cell: int = 150  # SCR: texts per (topic, language) cell; TPP: per topic
+    eval_cache_dir: str = ".cache/evals"  # model-only activation/probe caches, keyed by model, hook and texts
     # system
     device: str = "auto"
     dtype: str = "auto"  # model dtype: bf16 on CUDA, fp32 on CPU
@@ -137,10 +144,21 @@ def parse_args(argv: list[str]) -> Config:
             raise UsageError(f"--{name} must be positive")
     if cfg.n_tokens < cfg.batch_size:
         raise UsageError(f"--n_tokens={cfg.n_tokens} is less than one batch ({cfg.batch_size}): 0 training steps")
-    unknown = set(cfg.evals.split(",")) - {"core", "none"}
-    if unknown:
-        raise UsageError(f"unknown eval(s) {', '.join(sorted(unknown))}; available: core (or none)")
+    cfg.evals = ",".join(selected_evals(cfg.evals))
     return cfg
+
+
+def selected_evals(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        return list(EVAL_NAMES)
+    if names == ["none"]:
+        return []
+    unknown = sorted(set(names) - set(EVAL_NAMES))
+    if unknown:
+        raise UsageError(f"unknown eval(s) {', '.join(unknown)}; available: {', '.join(EVAL_NAMES)}, all, none "
+                         "(autointerp needs an external LLM API and is not offered)")
+    return [n for n in EVAL_NAMES if n in names]
 
 
 def _convert(value: str, kind: type, where: str):
@@ -297,7 +315,22 @@ def _run_into(cfg: Config, out: Path, stage: Path, t_start: float) -> int:
             llm_dtype=str(dtype).removeprefix("torch."), device=device,
         )
 
-    failures = sanity_failures(training, core)
+    eval_summaries = {}
+    for name in cfg.evals.split(",") if cfg.evals else []:
+        if name == "core":
+            continue
+        print(f"[eval] {name}")
+        t_eval = time.perf_counter()
+        try:
+            eval_summaries[name] = run_named_eval(name, cfg, sae, model, stage, metadata.model_name, device, dtype)
+        except Exception as err:  # an eval that crashes is recorded (run marked failed), never silently skipped
+            (stage / "eval_errors.log").open("a").write(f"[{name}]\n{traceback.format_exc()}\n")
+            eval_summaries[name] = {"status": "error", "error": f"{type(err).__name__}: {err}"}
+            print(f"[eval] {name} failed: {type(err).__name__}: {err} (traceback in eval_errors.log)", file=sys.stderr)
+        eval_summaries[name]["wall_time_s"] = time.perf_counter() - t_eval
+
+    failures = sanity_failures(training, core) + [
+        f"eval {n} failed: {r['error']}" for n, r in eval_summaries.items() if r.get("status") == "error"]
     status = "ok" if not failures else "failed"
     summary = summarize(training, core)
     info = {
@@ -314,6 +347,7 @@ def _run_into(cfg: Config, out: Path, stage: Path, t_start: float) -> int:
                         "threads": torch.get_num_threads()},
         "wall_time_s": time.perf_counter() - t_start,
         "core": core,
+        **eval_summaries,
     }
     (stage / "final_info.json").write_text(json.dumps(info, indent=2))
     if out.exists():
@@ -327,6 +361,26 @@ def _run_into(cfg: Config, out: Path, stage: Path, t_start: float) -> int:
         return 1
     print(f"done in {info['wall_time_s'] / 60:.1f} min: {out}/final_info.json, notes in {cfg.notes}")
     return 0
+
+
+def run_named_eval(name: str, cfg: Config, sae, model, out: Path, model_name: str, device: str, dtype) -> dict:
+    """Run one non-core eval into `out`; return the summary that goes into final_info.json."""
+    embedded = cfg.model == EMBEDDED_MODEL
+    llm_dtype = str(dtype).removeprefix("torch.")
+    cache = Path(cfg.eval_cache_dir)
+    if name == "sparse_probing":
+        from evals.sparse_probing import run_sparse_probing
+
+        return run_sparse_probing(sae, model, out, cache, model_name, embedded, device, llm_dtype,
+                                  n_train_per_class=cfg.sp_train_per_class, n_test_per_class=cfg.sp_test_per_class,
+                                  context_length=cfg.probe_context_length, llm_batch_size=cfg.model_batch_size)
+    if name in ("scr", "tpp"):
+        from evals.scr_tpp import run_scr_or_tpp
+
+        return run_scr_or_tpp(name, sae, model, out, cache, model_name, embedded, device, llm_dtype,
+                              n_per_cell=cfg.scr_texts_per_cell, context_length=cfg.probe_context_length,
+                              llm_batch_size=cfg.model_batch_size)
+    raise UsageError(f"eval {name!r} is not wired in run_named_eval")
 
 
 def main(argv: list[str]) -> int:

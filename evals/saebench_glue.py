@@ -1,0 +1,78 @@
+"""What every SAEBench wrapper here shares: routing SAEBench's hub data loaders to our offline sets,
+formatting the SAE the way SAEBench expects, and writing its result JSON atomically.
+
+Why patching: SAEBench's eval functions fetch their datasets by name from the hub inside the eval
+(sparse probing: `dataset_utils.get_multi_label_train_test_data`; SCR/TPP:
+`dataset_creation.get_train_test_data`). We route only our own dataset names (which the hub does not
+have) to the offline sets, for the duration of one call; every other name goes to SAEBench's loader
+unchanged, so the full-scale path uses SAEBench's stock data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+
+@contextlib.contextmanager
+def patched(obj, attr: str, value):
+    old = getattr(obj, attr)
+    setattr(obj, attr, value)
+    try:
+        yield
+    finally:
+        setattr(obj, attr, old)
+
+
+@contextlib.contextmanager
+def grad_mode_restored():
+    """SAEBench's SCR/TPP turn autograd off globally and leave it off; put it back afterwards."""
+    was = torch.is_grad_enabled()
+    try:
+        yield
+    finally:
+        torch.set_grad_enabled(was)
+
+
+def formatted_sae(sae, device: str, name: str = "harness"):
+    """SAEBench reads cfg.hook_name / cfg.hook_layer, which SAELens 6 keeps under cfg.metadata."""
+    from sae_bench.sae_bench_utils import general_utils
+
+    sae_id, formatted, _ = general_utils.load_and_format_sae(name, sae, device)
+    return sae_id, formatted
+
+
+def output_common(config, sae_id: str, sae) -> dict:
+    """The fields every SAEBench eval output shares."""
+    from sae_bench.sae_bench_utils import get_sae_bench_version, get_sae_lens_version
+
+    return dict(
+        eval_config=config,
+        eval_id=f"harness-{int(time.time())}",
+        datetime_epoch_millis=int(time.time() * 1000),
+        sae_bench_commit_hash=get_sae_bench_version(),
+        sae_lens_id=sae_id,
+        sae_lens_release_id="harness",
+        sae_lens_version=get_sae_lens_version(),
+        sae_cfg_dict=sae.cfg.to_dict(),
+    )
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def save_output(output, path: Path) -> dict:
+    """Write a SAEBench pydantic output with its own writer (atomically); return it as a dict."""
+    tmp = path.with_name(path.name + ".tmp")
+    output.to_json_file(str(tmp))
+    data = json.loads(tmp.read_text())
+    os.replace(tmp, path)
+    return data

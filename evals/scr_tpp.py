@@ -1,0 +1,132 @@
+"""SAEBench SCR (spurious correlation removal) and TPP (targeted probe perturbation).
+
+SAEBench's code does the work: it trains a probe on a deliberately biased set (SCR) or one-vs-rest
+probes (TPP) on the model's activations, ranks SAE latents by their effect on each probe, zero-ablates
+the top N and measures how the probes' accuracies move.
+
+Offline data (evals.labelled_data): bias_in_bios's profession x gender is not possible here (only 132
+of 1,828 English biographies are about women, too few per profession), so SCR uses topic x language:
+Wikipedia summaries about People or Geography, in English or French. The biased probe is trained on
+People-in-English vs Geography-in-French, so it can pick up language instead of topic; SCR measures
+how much ablating the SAE latents of the spurious attribute recovers the intended one. TPP uses the
+English topic set. At full scale SAEBench's own datasets (bias_in_bios, amazon reviews) are used.
+
+Probes and model activations depend only on (model, hook, context length, texts); they are cached in a
+folder keyed by exactly those and shared across runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from evals import labelled_data
+from evals.saebench_glue import formatted_sae, grad_mode_restored, output_common, patched, save_output
+
+N_VALUES = [2, 5, 10, 20, 50]
+SCR_SET = "wiki_topic_x_language"
+SCR_TOPICS = ("People", "Geography")
+SCR_LANGUAGES = ("en", "fr")
+TPP_SET = "wiki_topic"
+
+
+def _frame(rows, languages):
+    import pandas as pd
+
+    return pd.DataFrame({"text": [t for t, _ in rows], "topic": [c for _, c in rows], "language": languages})
+
+
+def run_scr_or_tpp(kind: str, sae, model, out_dir: Path, cache_dir: Path, model_name: str, embedded: bool,
+                   device: str, llm_dtype: str, n_per_cell: int = 80, context_length: int = 64,
+                   llm_batch_size: int = 16, seed: int = 42) -> dict:
+    """kind "scr" or "tpp". Writes out_dir/{kind}_eval_results.json; returns a summary."""
+    import sae_bench.evals.scr_and_tpp.dataset_creation as dataset_creation
+    import sae_bench.evals.scr_and_tpp.main as scr_main
+    import sae_bench.sae_bench_utils.dataset_info as dataset_info
+    from sae_bench.evals.scr_and_tpp import eval_output as eo
+    from sae_bench.evals.scr_and_tpp.eval_config import ScrAndTppEvalConfig
+
+    if kind not in ("scr", "tpp"):
+        raise ValueError(kind)
+    sae_id, sae = formatted_sae(sae, device)
+    config = ScrAndTppEvalConfig(model_name=model_name, llm_dtype=llm_dtype, llm_batch_size=llm_batch_size,
+                                 perform_scr=kind == "scr", n_values=N_VALUES, random_seed=seed)
+    data_description = {"stands_in_for": None}
+    metadata, column2, classes = {}, {}, {}
+    original = dataset_creation.get_train_test_data
+    if embedded:
+        config.context_length = context_length
+        if kind == "scr":
+            s = labelled_data.topic_language_set(n_per_cell, n_per_cell // 2, SCR_TOPICS, SCR_LANGUAGES)
+            train = _frame(s.train, s.extra_train["language"])
+            test = _frame(s.test, s.extra_test["language"])
+            # SAEBench puts train_set_size // 4 texts in each quadrant and needs strictly more than twice
+            # that in the two aligned quadrants: with n per cell, train_set_size < 2n.
+            config.train_set_size = 2 * (n_per_cell // 2 - 1)
+            config.test_set_size = 2 * (n_per_cell // 4 - 1)
+            config.column1_vals_lookup = {SCR_SET: [SCR_TOPICS]}
+            metadata[SCR_SET] = {"text_column_name": "text", "column1_name": "topic", "column2_name": "language",
+                                 "column1_mapping": {t: t for t in SCR_TOPICS},
+                                 "column2_mapping": {lang: lang for lang in SCR_LANGUAGES}}
+            column2[SCR_SET] = SCR_LANGUAGES
+            names, texts = [SCR_SET], (s.train, s.test)
+            data_description = {**s.describe(), "attribute_1": "topic", "attribute_1_values": list(SCR_TOPICS),
+                                "attribute_2_spurious": "language", "attribute_2_values": list(SCR_LANGUAGES),
+                                "biased_probe": f"{SCR_TOPICS[0]}+{SCR_LANGUAGES[0]} vs {SCR_TOPICS[1]}+{SCR_LANGUAGES[1]}"}
+        else:
+            s = labelled_data.topic_set(n_per_cell, n_per_cell // 2)
+            classes[TPP_SET] = list(s.classes)
+            column2[TPP_SET] = ("unused", "unused")  # SAEBench reads this entry for TPP too
+            config.train_set_size, config.test_set_size = len(s.train), len(s.test)
+            names, texts = [TPP_SET], (s.train, s.test)
+            data_description = s.describe()
+
+        def offline_get_train_test_data(dataset_name, spurious_corr, train_set_size, test_set_size, random_seed,
+                                        column1_vals=None, column2_vals=None):
+            if dataset_name == SCR_SET and spurious_corr:
+                return tuple(dataset_creation.get_spurious_corr_data(df, column1_vals, column2_vals, dataset_name,
+                                                                     size // 4, random_seed)
+                             for df, size in ((train, train_set_size), (test, test_set_size)))
+            if dataset_name == TPP_SET and not spurious_corr:
+                group = lambda rows: {c: [t for t, k in rows if k == c] for c in classes[TPP_SET]}  # noqa: E731
+                return group(s.train), group(s.test)
+            return original(dataset_name, spurious_corr, train_set_size, test_set_size, random_seed,
+                            column1_vals, column2_vals)
+
+        config.dataset_names = names
+        h = hashlib.sha1(json.dumps([kind, model_name, sae.cfg.hook_name, context_length,
+                                     dataclasses.asdict(config)["train_set_size"], texts]).encode()).hexdigest()[:16]
+        folder = cache_dir / f"{kind}-{h}"
+    else:
+        offline_get_train_test_data = original  # SAEBench's stock hub data and sizes
+        names = config.dataset_names
+        folder = cache_dir / f"{kind}-hub-{model_name.replace('/', '_')}-{sae.cfg.hook_name}"
+
+    with patched(dataset_creation, "get_train_test_data", offline_get_train_test_data), \
+            patched(dataset_info, "dataset_metadata", {**dataset_info.dataset_metadata, **metadata}), \
+            patched(dataset_info, "chosen_classes_per_dataset", {**dataset_info.chosen_classes_per_dataset, **classes}), \
+            patched(scr_main, "COLUMN2_VALS_LOOKUP", {**scr_main.COLUMN2_VALS_LOOKUP, **column2}), \
+            grad_mode_restored():
+        results, per_class = scr_main.run_eval_single_sae(config, sae, model, device, str(folder),
+                                                          save_activations=True)
+    flat = {k: v for k, v in results.items() if not isinstance(v, dict)}
+    details = {k: v for k, v in results.items() if isinstance(v, dict)}
+    if kind == "scr":
+        output = eo.ScrEvalOutput(
+            eval_result_metrics=eo.ScrMetricCategories(scr_metrics=eo.ScrMetrics(**flat)),
+            eval_result_details=[eo.ScrResultDetail(dataset_name=k, **v) for k, v in details.items()],
+            **output_common(config, sae_id, sae))
+        headline = {n: flat.get(f"scr_metric_threshold_{n}") for n in N_VALUES}
+    else:
+        output = eo.TppEvalOutput(
+            eval_result_metrics=eo.TppMetricCategories(tpp_metrics=eo.TppMetrics(**flat)),
+            eval_result_details=[eo.TppResultDetail(dataset_name=k, **v) for k, v in details.items()],
+            eval_result_unstructured=per_class,
+            **output_common(config, sae_id, sae))
+        headline = {n: flat.get(f"tpp_threshold_{n}_total_metric") for n in N_VALUES}
+    result_file = f"{kind}_eval_results.json"
+    save_output(output, out_dir / result_file)
+    return {"metric_by_n_latents": headline, "metrics": flat, "data": data_description,
+            "datasets": names, "context_length": config.context_length, "result_file": result_file}

@@ -1,0 +1,114 @@
+"""SAEBench sparse probing: k-sparse linear probes on SAE latents vs on the model's residual stream.
+
+SAEBench's own code does everything (activation collection stopped at the hook layer, mean pooling,
+full-width probes, top-k feature selection by class-mean difference, logistic-regression k-sparse
+probes, k = 1, 2, 5, 10, 20, 50). On the embedded default its hub datasets are replaced by the offline
+sets of evals.labelled_data, each named with the SAEBench set it stands in for; at full scale
+SAEBench's own dataset list and sizes are used.
+
+Model activations depend only on (model, hook, context length, the exact texts): they are cached in
+a folder keyed by exactly those, shared across runs. Everything SAE-dependent is recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from evals import labelled_data
+from evals.saebench_glue import formatted_sae, output_common, patched, save_output
+
+RESULT_FILE = "sparse_probing_eval_results.json"
+K_VALUES = [1, 2, 5, 10, 20, 50]
+OFFLINE_SETS = ("wiki_topic", "wiki_language", "mt_mbpp_language", "mmlu_subject", "wiki_bio_profession")
+
+
+def _activation_cache_key(model_name: str, hook: str, context_length: int, s: labelled_data.LabelledSet) -> str:
+    h = hashlib.sha1(json.dumps([model_name, hook, context_length, s.name, s.train, s.test]).encode())
+    return f"{s.name}-{h.hexdigest()[:16]}"
+
+
+def _by_class(rows):
+    out: dict[str, list[str]] = {}
+    for text, label in rows:
+        out.setdefault(label, []).append(text)
+    return out
+
+
+def run_sparse_probing(sae, model, out_dir: Path, cache_dir: Path, model_name: str, embedded: bool, device: str,
+                       llm_dtype: str, n_train_per_class: int = 50, n_test_per_class: int = 25,
+                       context_length: int = 64, llm_batch_size: int = 16, seed: int = 42,
+                       set_names=OFFLINE_SETS) -> dict:
+    """Run sparse probing; write out_dir/sparse_probing_eval_results.json; return a summary."""
+    import sae_bench.evals.sparse_probing.main as sp_main
+    import sae_bench.sae_bench_utils.dataset_info as dataset_info
+    import sae_bench.sae_bench_utils.dataset_utils as dataset_utils
+    from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
+    from sae_bench.evals.sparse_probing.eval_output import (
+        SparseProbingEvalOutput,
+        SparseProbingLlmMetrics,
+        SparseProbingMetricCategories,
+        SparseProbingResultDetail,
+        SparseProbingSaeMetrics,
+    )
+    from sae_bench.sae_bench_utils.general_utils import average_results_dictionaries
+
+    sae_id, sae = formatted_sae(sae, device)
+    base = SparseProbingEvalConfig(model_name=model_name, llm_dtype=llm_dtype, llm_batch_size=llm_batch_size,
+                                   k_values=K_VALUES, random_seed=seed)
+    if embedded:
+        sets = {n: labelled_data.PROBING_SETS[n](n_train_per_class, n_test_per_class) for n in set_names}
+        names = list(sets)
+        base.context_length = context_length
+        base.probe_train_set_size = sum(len(s.train) for s in sets.values())
+        base.probe_test_set_size = sum(len(s.test) for s in sets.values())
+    else:
+        sets, names = {}, list(base.dataset_names)  # SAEBench's stock hub datasets and sizes
+    original_loader = dataset_utils.get_multi_label_train_test_data
+
+    def offline_loader(dataset_name, train_set_size, test_set_size, random_seed):
+        if dataset_name in sets:
+            return _by_class(sets[dataset_name].train), _by_class(sets[dataset_name].test)
+        return original_loader(dataset_name, train_set_size, test_set_size, random_seed)
+
+    per_dataset, per_class = {}, {}
+    with patched(dataset_utils, "get_multi_label_train_test_data", offline_loader), \
+            patched(dataset_info, "chosen_classes_per_dataset",
+                    {**dataset_info.chosen_classes_per_dataset, **{n: list(s.classes) for n, s in sets.items()}}):
+        for name in names:
+            config = SparseProbingEvalConfig(**{**dataclasses.asdict(base), "dataset_names": [name]})
+            key = _activation_cache_key(model_name, sae.cfg.hook_name, config.context_length, sets[name]) \
+                if name in sets else f"hub-{name.replace('/', '_')}-{model_name.replace('/', '_')}-{sae.cfg.hook_name}"
+            results, classes = sp_main.run_eval_single_sae(config, sae, model, device, str(cache_dir / key),
+                                                           save_activations=True)
+            per_dataset[f"{name}_results"] = results[f"{name}_results"]
+            per_class.update(classes)
+    results = average_results_dictionaries(per_dataset, names)
+    base.dataset_names = names
+    output = SparseProbingEvalOutput(
+        eval_result_metrics=SparseProbingMetricCategories(
+            llm=SparseProbingLlmMetrics(**{k: v for k, v in results.items() if k.startswith("llm_")}),
+            sae=SparseProbingSaeMetrics(**{k: v for k, v in results.items() if k.startswith("sae_")}),
+        ),
+        eval_result_details=[SparseProbingResultDetail(dataset_name=n, **r) for n, r in per_dataset.items()],
+        eval_result_unstructured=per_class,
+        **output_common(base, sae_id, sae),
+    )
+    save_output(output, out_dir / RESULT_FILE)
+    return {
+        "datasets": [s.describe() for s in sets.values()] or [{"name": n, "stands_in_for": None} for n in names],
+        "chance_accuracy": 0.5,  # every probe is one-vs-rest on a balanced sample
+        "llm_test_accuracy": results["llm_test_accuracy"],
+        "sae_test_accuracy": results["sae_test_accuracy"],
+        "llm_top_k_test_accuracy": {k: results[f"llm_top_{k}_test_accuracy"] for k in K_VALUES},
+        "sae_top_k_test_accuracy": {k: results[f"sae_top_{k}_test_accuracy"] for k in K_VALUES},
+        "per_dataset": {n.removesuffix("_results"): {"llm_test_accuracy": r["llm_test_accuracy"],
+                                                     "sae_test_accuracy": r["sae_test_accuracy"],
+                                                     "sae_top_1_test_accuracy": r["sae_top_1_test_accuracy"],
+                                                     "sae_top_5_test_accuracy": r["sae_top_5_test_accuracy"]}
+                        for n, r in per_dataset.items()},
+        "context_length": base.context_length,
+        "result_file": RESULT_FILE,
+    }
