@@ -79,6 +79,11 @@ class Config:
     sp_test_per_class: int = 20
     probe_context_length: int = 64  # sparse probing / SCR / TPP: tokens per text (SAEBench pads to it)
     scr_texts_per_cell: int = 150  # SCR: texts per (topic, language) cell; TPP: per topic
+    unlearning_sparsity_rows: int = 48  # unlearning: 128-token rows per corpus for feature firing frequencies
+    unlearning_loss_rows: int = 4  # unlearning: held-out 128-token rows per corpus for the loss-based score
+    unlearning_questions_per_subject: int = 16  # known-question filter sample (MMLU stand-ins), cached per model
+    unlearning_loss_tolerance: float = 0.01  # loss-based score: max relative retain-loss increase allowed
+    absorption_words_per_letter: int = 150  # absorption: sampled vocabulary (0: the whole vocabulary, as published)
     eval_cache_dir: str = ".cache/evals"  # model-only activation/probe caches, keyed by model, hook and texts
     # system
     device: str = "auto"
@@ -380,6 +385,20 @@ def run_named_eval(name: str, cfg: Config, sae, model, out: Path, model_name: st
         return run_scr_or_tpp(name, sae, model, out, cache, model_name, embedded, device, llm_dtype,
                               n_per_cell=cfg.scr_texts_per_cell, context_length=cfg.probe_context_length,
                               llm_batch_size=cfg.model_batch_size)
+    if name == "unlearning":
+        from evals.unlearning import run_unlearning
+
+        return run_unlearning(sae, model, out, out / "artifacts" / "unlearning", cache, model_name, embedded, device,
+                              n_sparsity_rows=cfg.unlearning_sparsity_rows, n_loss_rows=cfg.unlearning_loss_rows,
+                              questions_per_subject=cfg.unlearning_questions_per_subject,
+                              tolerance=cfg.unlearning_loss_tolerance, batch_size=cfg.core_batch_size_prompts,
+                              seed=42 + cfg.seed)
+    if name == "absorption":
+        from evals.absorption import run_absorption
+
+        return run_absorption(sae, model, out, out / "artifacts" / "absorption", cache, model_name, device, llm_dtype,
+                              words_per_letter=cfg.absorption_words_per_letter if embedded else 0,
+                              llm_batch_size=2 * cfg.model_batch_size)
     raise UsageError(f"eval {name!r} is not wired in run_named_eval")
 
 

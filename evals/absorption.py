@@ -1,0 +1,129 @@
+"""SAEBench feature absorption (first letter), run by SAEBench's own `run_eval` with the loaded model.
+
+SAEBench trains a linear "first letter" probe on the model's activations at the word position of
+in-context prompts ("{word} has the first letter:"), finds the SAE latents that k-sparse probes pick
+for each letter, and measures how much of the probe direction other latents absorb on words where
+the main latents stay silent.
+
+What we change, and why (each is a patch for the duration of one call):
+- `run_eval` loads the model by name from the hub: it is handed the already loaded model instead.
+- Its activations are read at the hook layer only, but it runs full forward passes through the
+  262k-word unembedding: we stop the forward right after the hook layer (same activations, ~20x
+  faster on a CPU).
+- The vocabulary is every purely alphabetic token (139,585 for Gemma 3: hours on a CPU). We use a
+  seeded sample of `words_per_letter` words per letter (150 is about the least with which SAEBench's
+  default 20 letters pass its probe-quality threshold), restricted to words that stay one token
+  inside the prompt, so all prompts have equal length, as SAEBench's calculator requires. At full
+  scale (`words_per_letter=0`) the whole vocabulary is used, as published.
+- It writes relative to the working directory and under site-packages: every path is redirected
+  into the run's own artifacts folder; the ground-truth probe, which depends only on model, layer
+  and vocabulary, goes to a shared cache folder keyed by exactly those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evals.saebench_glue import formatted_sae, patched, write_json_atomic
+
+RESULT_FILE = "absorption_eval_results.json"
+TEMPLATE_PROBE = "\n{w} has the first letter:"
+
+
+def sample_vocabulary(tokenizer, words_per_letter: int, seed: int) -> list[str]:
+    from sae_bench.evals.absorption.vocab import LETTERS, get_alpha_tokens
+
+    words = get_alpha_tokens(tokenizer)
+    if words_per_letter <= 0:
+        return words
+    n_template = len(tokenizer(TEMPLATE_PROBE.format(w="a"), add_special_tokens=False)["input_ids"])
+    ids = tokenizer([TEMPLATE_PROBE.format(w=w) for w in words], add_special_tokens=False)["input_ids"]
+    by_letter: dict[str, list[str]] = {c: [] for c in LETTERS}
+    for w, i in zip(words, ids):
+        if len(i) == n_template:  # one token inside the prompt: all prompts the same length
+            by_letter.setdefault(w.strip()[0].lower(), []).append(w)
+    rng = random.Random(seed)
+    vocab = []
+    for c in LETTERS:
+        pool = sorted(set(by_letter[c]))
+        vocab += rng.sample(pool, min(words_per_letter, len(pool)))
+    rng.shuffle(vocab)
+    return vocab
+
+
+class _LoadedModel:
+    """Stands where SAEBench's main module expects the HookedTransformer class."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def from_pretrained_no_processing(self, *args, **kwargs):
+        return self.model
+
+
+def run_absorption(sae, model, out_dir: Path, artifacts_dir: Path, cache_dir: Path, model_name: str, device: str,
+                   llm_dtype: str, words_per_letter: int = 150, llm_batch_size: int = 32, seed: int = 42) -> dict:
+    """Writes out_dir/absorption_eval_results.json (SAEBench schema) and returns a summary; if too few
+    letters have a usable probe, the summary says not applicable, with SAEBench's threshold."""
+    import sae_bench.evals.absorption.common as abs_common
+    import sae_bench.evals.absorption.feature_absorption as abs_fa
+    import sae_bench.evals.absorption.main as abs_main
+    from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
+
+    sae_id, sae = formatted_sae(sae, device)
+    layer = sae.cfg.hook_layer
+    if sae.cfg.hook_name != f"blocks.{layer}.hook_resid_post":
+        return {"status": "not_applicable", "reason": "SAEBench absorption reads hook_resid_post only"}
+    vocab = sample_vocabulary(model.tokenizer, words_per_letter, seed)
+    key = hashlib.sha1(json.dumps([model_name, sae.cfg.hook_name, vocab]).encode()).hexdigest()[:16]
+    probes_dir = cache_dir / f"absorption-probe-{key}"
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    results_dir = artifacts_dir / "results"
+    results_dir.mkdir(exist_ok=True)
+    config = AbsorptionEvalConfig(model_name=model_name, random_seed=seed, llm_batch_size=llm_batch_size,
+                                  llm_dtype=llm_dtype, k_sparse_probe_batch_size=128,
+                                  precalc_k_sparse_probe_sae_acts=True)
+    full_forward = model.run_with_cache
+
+    def run_with_cache_to_hook_layer(*args, **kwargs):
+        kwargs.setdefault("stop_at_layer", layer + 1)
+        return full_forward(*args, **kwargs)
+
+    # SAEBench ignores config.random_seed: seed every generator it draws from.
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    vocabulary = lambda tokenizer, *a, **k: list(vocab)  # noqa: E731
+    with patched(model, "run_with_cache", run_with_cache_to_hook_layer), \
+            patched(abs_common, "get_alpha_tokens", vocabulary), patched(abs_fa, "get_alpha_tokens", vocabulary), \
+            patched(abs_main, "HookedTransformer", _LoadedModel(model)), \
+            patched(abs_main, "run_k_sparse_probing_experiment",
+                    functools.partial(abs_main.run_k_sparse_probing_experiment,
+                                      experiment_dir=str(artifacts_dir / "k_sparse_probing"),
+                                      probes_dir=str(probes_dir))), \
+            patched(abs_main, "run_feature_absortion_experiment",
+                    functools.partial(abs_main.run_feature_absortion_experiment,
+                                      experiment_dir=str(artifacts_dir / "feature_absorption"),
+                                      sparse_probing_experiment_dir=str(artifacts_dir / "k_sparse_probing"),
+                                      probes_dir=str(probes_dir))), \
+            contextlib.chdir(artifacts_dir):
+        results = abs_main.run_eval(config, [("harness", sae)], device, str(results_dir), force_rerun=True)
+    del model.run_with_cache  # `patched` restored it as an instance attribute; fall back to the class method
+    base = {"vocabulary_size": len(vocab), "words_per_letter": words_per_letter,
+            "vocabulary_source": "the model's own tokenizer (SAEBench get_alpha_tokens)"}
+    if not results:
+        return {"status": "not_applicable", **base,
+                "reason": f"fewer than {config.min_feats_for_eval} letters have a first-letter probe with "
+                          f"F1 > {config.min_GT_probe_f1} (SAEBench's threshold); more words per letter may help"}
+    data = next(iter(results.values()))
+    write_json_atomic(out_dir / RESULT_FILE, data)
+    m = data["eval_result_metrics"]["mean"]
+    return {"status": "ok", **base, **m, "n_letters": len(data["eval_result_details"]), "result_file": RESULT_FILE}
