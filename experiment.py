@@ -235,7 +235,32 @@ def summarize(training: dict, core: dict | None) -> dict:
     return out
 
 
-def append_notes(path: Path, run_name: str, cfg: Config, summary: dict, status: str, failures: list[str]) -> None:
+def eval_lines(evals: dict) -> dict[str, str]:
+    """One line of headline numbers per non-core eval, for notes.txt."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
+    out = {}
+    for name, r in evals.items():
+        if r.get("status") == "error":
+            out[name] = "FAILED: " + r["error"]
+        elif name == "sparse_probing":
+            out[name] = (f"LLM acc {fmt(r['llm_test_accuracy'])}, SAE acc {fmt(r['sae_test_accuracy'])}, SAE top-1 "
+                         f"{fmt(r['sae_top_k_test_accuracy']['1'])} (LLM top-1 {fmt(r['llm_top_k_test_accuracy']['1'])}), "
+                         f"SAE top-5 {fmt(r['sae_top_k_test_accuracy']['5'])}")
+        elif name == "unlearning":
+            out[name] = (f"loss-based score {fmt(r['loss_unlearning_score'])} (retain tolerance "
+                         f"{r['loss_score_tolerance']:.0%}); SAEBench MCQ score {fmt(r['mcq_unlearning_score'])}"
+                         + (f" ({r['mcq_reason']})" if r.get("mcq_reason") else ""))
+        elif name in ("scr", "tpp"):
+            out[name] = ", ".join(f"top-{n} {fmt(v)}" for n, v in r["metric_by_n_latents"].items())
+        elif name == "absorption":
+            out[name] = (f"mean absorption fraction {fmt(r.get('mean_absorption_fraction_score'))}, full absorption "
+                         f"{fmt(r.get('mean_full_absorption_score'))}" if r.get("status") == "ok"
+                         else f"n/a ({r.get('reason')})")
+    return out
+
+
+def append_notes(path: Path, run_name: str, cfg: Config, summary: dict, status: str, failures: list[str],
+                 evals: dict) -> None:
     lines = [f"## Run {run_name}: {cfg.variant}" + ("" if status == "ok" else "  (FAILED)"), ""]
     lines.append(f"Variant settings: {json.dumps(cfg.variant_config)}")
     lines.append(
@@ -244,6 +269,8 @@ def append_notes(path: Path, run_name: str, cfg: Config, summary: dict, status: 
     )
     keys = ["l0", "explained_variance", "ce_loss_score", "kl_div_score", "mse_per_element", "alive_frac_eval", "train_loss"]
     lines.append("Results: " + ", ".join(f"{k} {summary[k]:.4g}" for k in keys if k in summary))
+    for name, text in eval_lines(evals).items():
+        lines.append(f"{name}: {text}")
     if failures:
         lines.append("NOT A RESULT: " + "; ".join(failures))
     lines.append("")
@@ -359,7 +386,7 @@ def _run_into(cfg: Config, out: Path, stage: Path, t_start: float) -> int:
         shutil.rmtree(out)
     stage.rename(out)
     run_name = out.name.removeprefix("run_")
-    append_notes(Path(cfg.notes), run_name, cfg, summary, status, failures)
+    append_notes(Path(cfg.notes), run_name, cfg, summary, status, failures, eval_summaries)
     print(json.dumps(summary, indent=2))
     if failures:
         print("\n*** RUN FAILED, NOT A RESULT: " + "; ".join(failures) + " ***", file=sys.stderr)

@@ -6,6 +6,9 @@ training_curves.png  loss and L0 over training tokens, one line per run
 core_metrics.png     explained variance (about the mean), MSE per element, CE-loss score, KL score
 sparsity.png         L0 and L1 on held-out text, dead-feature fraction at the end of training
 l0_vs_ce_loss.png    L0 against CE-loss score, every run one point
+sparse_probing.png   SAEBench sparse probing: test accuracy against k, SAE (solid) beside the LLM (dashed)
+unlearning.png       loss-based unlearning score and SAEBench's MCQ score per run ("n/a" where not applicable)
+scr_tpp_absorption.png  SCR and TPP metric against the number of ablated latents; absorption fraction per run
 A run without a core eval is left out of the figures that need it; a failed run is labelled so.
 """
 
@@ -121,6 +124,83 @@ def plot_l0_vs_ce(runs, out: Path) -> Path | None:
     return _save(fig, out / "l0_vs_ce_loss.png")
 
 
+def _with(runs, key):
+    return [r for r in runs if isinstance(r["info"].get(key), dict) and r["info"][key].get("status") != "error"]
+
+
+def plot_sparse_probing(runs, out: Path) -> Path | None:
+    runs = _with(runs, "sparse_probing")
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for i, r in enumerate(runs):
+        sp = r["info"]["sparse_probing"]
+        ks = sorted(sp["sae_top_k_test_accuracy"], key=int)
+        ax.plot([int(k) for k in ks], [sp["sae_top_k_test_accuracy"][k] for k in ks], "o-", color=f"C{i}",
+                label=f"{r['label']} SAE")
+        ax.plot([int(k) for k in ks], [sp["llm_top_k_test_accuracy"][k] for k in ks], "x--", color=f"C{i}",
+                alpha=0.6, label=f"{r['label']} LLM")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
+    ax.set(xscale="log", xlabel="k (features / residual dimensions the probe may use)", ylabel="test accuracy",
+           title="sparse probing (mean over datasets)")
+    _integer_ticks(ax, [1, 2, 5, 10, 20, 50, 100])
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, out / "sparse_probing.png")
+
+
+def _integer_ticks(ax, ticks):
+    """Plain integer tick labels on a log axis (matplotlib's default writes 2x10^0, 3x10^0, ...)."""
+    lo, hi = ax.get_xlim()
+    shown = [t for t in ticks if lo <= t <= hi]
+    ax.set_xticks(shown, [str(t) for t in shown])
+    ax.minorticks_off()
+
+
+def _bars_or_na(ax, runs, values, title):
+    """Bars for numbers; "n/a" written where a score could not be measured (never drawn as 0)."""
+    _bars(ax, runs, [0.0 if v is None else v for v in values], title)
+    for i, v in enumerate(values):
+        if v is None:
+            ax.patches[i].set_alpha(0)
+            ax.texts[i].set_text("n/a")
+
+
+def plot_unlearning(runs, out: Path) -> Path | None:
+    runs = _with(runs, "unlearning")
+    if not runs:
+        return None
+    u = [r["info"]["unlearning"] for r in runs]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    _bars_or_na(axes[0], runs, [x["loss_unlearning_score"] for x in u],
+                f"loss-based: forget-loss rise, retain within +{u[0]['loss_score_tolerance']:.0%}")
+    _bars_or_na(axes[1], runs, [x["mcq_unlearning_score"] for x in u], "SAEBench MCQ unlearning score")
+    return _save(fig, out / "unlearning.png")
+
+
+def plot_scr_tpp_absorption(runs, out: Path) -> Path | None:
+    panels = [(k, _with(runs, k)) for k in ("scr", "tpp")]
+    absorbed = _with(runs, "absorption")
+    if not any(p for _, p in panels) and not absorbed:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, (key, these) in zip(axes, panels):
+        for i, r in enumerate(these):
+            m = r["info"][key]["metric_by_n_latents"]
+            ns = [n for n in sorted(m, key=int) if m[n] is not None]
+            ax.plot([int(n) for n in ns], [m[n] for n in ns], "o-", color=f"C{i}", label=r["label"])
+        title = "SCR (spurious-correlation removal)" if key == "scr" else "TPP (targeted probe perturbation)"
+        ax.set(xscale="log", xlabel="latents ablated", ylabel="metric", title=title)
+        _integer_ticks(ax, [2, 5, 10, 20, 50, 100, 500])
+        ax.grid(alpha=0.3)
+        if these:
+            ax.legend(fontsize=7)
+    if absorbed:
+        _bars_or_na(axes[2], absorbed, [r["info"]["absorption"].get("mean_absorption_fraction_score")
+                                        for r in absorbed], "absorption fraction (first letter; lower is better)")
+    return _save(fig, out / "scr_tpp_absorption.png")
+
+
 def main(argv: list[str]) -> int:
     opts = {"runs_glob": "run_*", "out": "figures"}
     for arg in argv:
@@ -135,7 +215,9 @@ def main(argv: list[str]) -> int:
         return 2
     out = Path(opts["out"])
     out.mkdir(parents=True, exist_ok=True)
-    written = [p for p in (f(runs, out) for f in (plot_training_curves, plot_core_metrics, plot_sparsity, plot_l0_vs_ce)) if p]
+    figures = (plot_training_curves, plot_core_metrics, plot_sparsity, plot_l0_vs_ce, plot_sparse_probing,
+               plot_unlearning, plot_scr_tpp_absorption)
+    written = [p for p in (f(runs, out) for f in figures) if p]
     print(f"{len(runs)} runs -> " + ", ".join(str(p) for p in written))
     return 0
 

@@ -102,8 +102,8 @@ def run_sparse_probing(sae, model, out_dir: Path, cache_dir: Path, model_name: s
         "chance_accuracy": 0.5,  # every probe is one-vs-rest on a balanced sample
         "llm_test_accuracy": results["llm_test_accuracy"],
         "sae_test_accuracy": results["sae_test_accuracy"],
-        "llm_top_k_test_accuracy": {k: results[f"llm_top_{k}_test_accuracy"] for k in K_VALUES},
-        "sae_top_k_test_accuracy": {k: results[f"sae_top_{k}_test_accuracy"] for k in K_VALUES},
+        "llm_top_k_test_accuracy": {str(k): results[f"llm_top_{k}_test_accuracy"] for k in K_VALUES},
+        "sae_top_k_test_accuracy": {str(k): results[f"sae_top_{k}_test_accuracy"] for k in K_VALUES},
         "per_dataset": {n.removesuffix("_results"): {"llm_test_accuracy": r["llm_test_accuracy"],
                                                      "sae_test_accuracy": r["sae_test_accuracy"],
                                                      "sae_top_1_test_accuracy": r["sae_top_1_test_accuracy"],

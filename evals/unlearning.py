@@ -48,7 +48,7 @@ def loss_unlearning_score(baseline: dict, rows: list[dict], tolerance: float) ->
     for r in rows:
         r["forget_loss_increase"] = (r["forget_loss"] - baseline["forget_loss"]) / baseline["forget_loss"]
         r["retain_loss_increase"] = (r["retain_loss"] - baseline["retain_loss"]) / baseline["retain_loss"]
-    ok = [r for r in rows if r["retain_loss_increase"] <= tolerance]
+    ok = [r for r in rows if r["retain_loss_increase"] <= tolerance + 1e-12]  # float slack at the boundary
     out = {"tolerance": tolerance, "n_interventions": len(rows), "n_within_tolerance": len(ok)}
     if not ok:
         return {**out, "score": None, "reason": f"no intervention kept the retain loss within +{tolerance:.0%}"}

@@ -17,13 +17,24 @@ def run_experiment(*args, cwd):
 
 
 TINY = ["--n_tokens=12800", "--batch_size=128", "--seqs_per_fill=32", "--core_reconstruction_batches=1",
-        "--core_sparsity_variance_batches=2", "--core_batch_size_prompts=4", "--log_every=10"]
+        "--core_sparsity_variance_batches=2", "--core_batch_size_prompts=4", "--log_every=10",
+        # every eval, each on a tiny budget
+        "--evals=all", "--sp_train_per_class=8", "--sp_test_per_class=4", "--probe_context_length=32",
+        "--scr_texts_per_cell=24", "--unlearning_sparsity_rows=4", "--unlearning_loss_rows=1",
+        "--unlearning_questions_per_subject=2", "--absorption_words_per_letter=6"]
+EVAL_FILES = {"core": "core_eval_results.json", "sparse_probing": "sparse_probing_eval_results.json",
+              "unlearning": "unlearning_eval_results.json", "scr": "scr_eval_results.json",
+              "tpp": "tpp_eval_results.json"}
+
+
+def no_nan(token):
+    raise AssertionError(f"final_info.json holds {token}")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("e2e")
-    proc = run_experiment("--out_dir=run_0", *TINY, cwd=cwd)
+    proc = run_experiment("--out_dir=run_0", *TINY, "--eval_cache_dir=cache", cwd=cwd)
     return cwd, proc
 
 
@@ -32,9 +43,6 @@ def test_tiny_default_run_writes_a_sane_final_info_sae_and_notes(tiny_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = cwd / "run_0"
     assert not (cwd / "run_0.partial").exists()
-    def no_nan(token):
-        raise AssertionError(f"final_info.json holds {token}")
-
     info = json.loads((run / "final_info.json").read_text(), parse_constant=no_nan)
     assert info["status"] == "ok" and info["failures"] == []
     assert info["config"]["variant"] == "relu" and info["config"]["model"] == "gemma-3-270m-embedded"
@@ -59,6 +67,51 @@ def test_tiny_default_run_writes_a_sane_final_info_sae_and_notes(tiny_run):
     assert notes.startswith("## Run 0: relu") and "explained_variance" in notes
 
 
+def test_every_eval_writes_its_saebench_json_and_a_sane_summary(tiny_run):
+    cwd, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = cwd / "run_0"
+    info = json.loads((run / "final_info.json").read_text(), parse_constant=no_nan)
+    for name, file in EVAL_FILES.items():
+        assert (run / file).exists(), file
+        assert "eval_result_metrics" in json.loads((run / file).read_text()) or name == "unlearning"
+    sp = info["sparse_probing"]
+    assert sp["llm_test_accuracy"] > 0.65 and set(sp["sae_top_k_test_accuracy"]) == {"1", "2", "5", "10", "20", "50"}
+    assert {d["name"] for d in sp["datasets"]} >= {"wiki_topic", "wiki_language", "mt_mbpp_language", "mmlu_subject"}
+    assert all(d["stands_in_for"] for d in sp["datasets"])
+    un = info["unlearning"]
+    assert un["mcq_status"] == "not_applicable" and un["mcq_unlearning_score"] is None  # a 270M base model
+    assert "24 option orderings" in un["mcq_reason"] and un["n_known_questions"]
+    assert un["loss_unlearning_score"] is None or un["loss_unlearning_score"] >= 0
+    table = json.loads((run / EVAL_FILES["unlearning"]).read_text())["loss"]["rows"]
+    assert len(table) == 16 and all(math.isfinite(r["forget_loss"]) for r in table)
+    assert set(info["scr"]["metric_by_n_latents"]) == {"2", "5", "10", "20", "50"}
+    assert info["scr"]["data"]["attribute_2_spurious"] == "language"
+    assert info["tpp"]["metric_by_n_latents"]["50"] is not None
+    assert info["absorption"]["status"] in ("ok", "not_applicable") and info["absorption"]["vocabulary_size"] > 0
+    assert (run / "artifacts" / "unlearning").is_dir() and (run / "artifacts" / "absorption").is_dir()
+    assert list((cwd / "cache").iterdir()), "model-only activation caches are kept for the next run"
+
+
+def test_rerun_with_overwrite_recomputes_and_another_sae_gives_other_results(tiny_run):
+    cwd, _ = tiny_run
+    first = json.loads((cwd / "run_0" / "final_info.json").read_text())
+    sp_first = json.loads((cwd / "run_0" / EVAL_FILES["sparse_probing"]).read_text())
+    args = [a for a in TINY if not a.startswith("--evals")] + ["--evals=sparse_probing", "--seed=1"]
+    proc = run_experiment("--out_dir=run_0", *args, "--eval_cache_dir=cache", "--overwrite", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = json.loads((cwd / "run_0" / "final_info.json").read_text())
+    sp_second = json.loads((cwd / "run_0" / EVAL_FILES["sparse_probing"]).read_text())
+    assert second["config"]["seed"] == 1 and "unlearning" not in second
+    assert sp_second["eval_id"] != sp_first["eval_id"]
+    # the model's activations are shared (same model, hook, texts): the LLM probes agree exactly ...
+    assert sp_second["eval_result_metrics"]["llm"] == sp_first["eval_result_metrics"]["llm"]
+    # ... while everything that depends on the (different) SAE is recomputed
+    assert second["summary"]["train_l0"] != first["summary"]["train_l0"]
+    assert sp_second["eval_result_metrics"]["sae"] != sp_first["eval_result_metrics"]["sae"]
+    assert (cwd / "notes.txt").read_text().count("## Run") == 2
+
+
 def test_existing_results_are_not_overwritten_without_the_flag(tiny_run):
     cwd, _ = tiny_run
     before = (cwd / "run_0" / "final_info.json").read_text()
@@ -66,7 +119,7 @@ def test_existing_results_are_not_overwritten_without_the_flag(tiny_run):
     assert proc.returncode == 2
     assert "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
     assert (cwd / "run_0" / "final_info.json").read_text() == before
-    assert (cwd / "notes.txt").read_text().count("## Run") == 1
+    assert (cwd / "notes.txt").read_text().count("## Run") == 2
 
 
 @pytest.mark.parametrize(
