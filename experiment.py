@@ -416,7 +416,7 @@ def run_named_eval(name: str, cfg: Config, sae, model, out: Path, model_name: st
         from evals.unlearning import run_unlearning
 
         return run_unlearning(sae, model, out, out / "artifacts" / "unlearning", cache, model_name, embedded, device,
-                              n_sparsity_rows=cfg.unlearning_sparsity_rows, n_loss_rows=cfg.unlearning_loss_rows,
+                              llm_dtype, n_sparsity_rows=cfg.unlearning_sparsity_rows, n_loss_rows=cfg.unlearning_loss_rows,
                               questions_per_subject=cfg.unlearning_questions_per_subject,
                               tolerance=cfg.unlearning_loss_tolerance, batch_size=cfg.core_batch_size_prompts,
                               seed=42 + cfg.seed)

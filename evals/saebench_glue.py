@@ -39,6 +39,15 @@ def grad_mode_restored():
         torch.set_grad_enabled(was)
 
 
+@contextlib.contextmanager
+def hooks_cleared(model):
+    """Whatever happens inside, no intervention hook stays on the shared model afterwards."""
+    try:
+        yield
+    finally:
+        model.reset_hooks()
+
+
 def formatted_sae(sae, device: str, name: str = "harness"):
     """SAEBench reads cfg.hook_name / cfg.hook_layer, which SAELens 6 keeps under cfg.metadata."""
     from sae_bench.sae_bench_utils import general_utils

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evals import labelled_data
-from evals.saebench_glue import formatted_sae, write_json_atomic
+from evals.saebench_glue import formatted_sae, grad_mode_restored, hooks_cleared, write_json_atomic
 
 RESULT_FILE = "unlearning_eval_results.json"
 RETAIN_THRESHOLDS = (0.001, 0.01)  # SAEBench's default sweep
@@ -167,7 +167,7 @@ def _sample(rows, n, seed):
 
 
 def run_unlearning(sae, model, out_dir: Path, artifacts_dir: Path, cache_dir: Path, model_name: str, embedded: bool,
-                   device: str, n_sparsity_rows: int = 48, n_loss_rows: int = 4, seq_len: int = 128,
+                   device: str, llm_dtype: str = "float32", n_sparsity_rows: int = 48, n_loss_rows: int = 4, seq_len: int = 128,
                    questions_per_subject: int = 16, min_known_questions: int = 8, tolerance: float = 0.01,
                    batch_size: int = 8, seed: int = 42) -> dict:
     """Writes out_dir/unlearning_eval_results.json (sweep table and both scores); returns a summary."""
@@ -179,7 +179,7 @@ def run_unlearning(sae, model, out_dir: Path, artifacts_dir: Path, cache_dir: Pa
     sweep = [(t, n, m) for t in RETAIN_THRESHOLDS for n in N_FEATURES for m in MULTIPLIERS]
     result: dict = {"sweep": {"retain_thresholds": RETAIN_THRESHOLDS, "n_features": N_FEATURES,
                               "multipliers": MULTIPLIERS, "intervention": "clamp_feature_activation"}}
-    try:
+    with grad_mode_restored(), hooks_cleared(model):
         torch.set_grad_enabled(False)
         if embedded:
             forget_fit = _tokens(labelled_data.domain_texts("forget", "train"), tok, seq_len, n_sparsity_rows)
@@ -198,7 +198,7 @@ def run_unlearning(sae, model, out_dir: Path, artifacts_dir: Path, cache_dir: Pa
             }
         else:
             result["mcq"], forget_sparsity, retain_sparsity = _full_scale_mcq(model, sae, artifacts_dir, model_name,
-                                                                                batch_size)
+                                                                                llm_dtype, batch_size)
         forget_held = _tokens(labelled_data.domain_texts("forget", "held_out"), tok, seq_len, n_loss_rows)
         retain_held = _tokens(labelled_data.domain_texts("retain", "held_out"), tok, seq_len, n_loss_rows)
         model.reset_hooks()
@@ -219,9 +219,6 @@ def run_unlearning(sae, model, out_dir: Path, artifacts_dir: Path, cache_dir: Pa
             rows.append(row)
         result["loss"] = {"baseline": baseline, **loss_unlearning_score(baseline, rows, tolerance), "rows": rows,
                           "held_out_tokens_per_corpus": n_loss_rows * seq_len}
-    finally:
-        model.reset_hooks()
-        torch.set_grad_enabled(True)
     result["forget_sparsity_mean"] = float(np.mean(forget_sparsity))
     result["retain_sparsity_mean"] = float(np.mean(retain_sparsity))
     write_json_atomic(out_dir / RESULT_FILE, result)
@@ -278,7 +275,7 @@ def _embedded_mcq(model, sae, forget_sparsity, retain_sparsity, sweep, cache_dir
     return {**mcq_unlearning_score(n_known, min_known, rows), **base, "rows": rows}
 
 
-def _full_scale_mcq(model, sae, artifacts_dir: Path, model_name: str, batch_size: int):
+def _full_scale_mcq(model, sae, artifacts_dir: Path, model_name: str, llm_dtype: str, batch_size: int):
     """SAEBench's unlearning eval as published (gemma-2-2b-it, WMDP-bio, its forget corpus, MMLU)."""
     from sae_bench.evals.unlearning.eval_config import UnlearningEvalConfig
     from sae_bench.evals.unlearning.main import get_metrics_df, get_unlearning_scores
@@ -288,7 +285,7 @@ def _full_scale_mcq(model, sae, artifacts_dir: Path, model_name: str, batch_size
     if "it" not in model_name.split("-"):
         reason = f"SAEBench's unlearning eval needs an instruction-tuned model (gemma-2-2b-it), not {model_name}"
         raise ValueError(reason)
-    config = UnlearningEvalConfig(model_name=model_name, llm_batch_size=batch_size, llm_dtype=str(sae.dtype))
+    config = UnlearningEvalConfig(model_name=model_name, llm_batch_size=batch_size, llm_dtype=llm_dtype)
     run_eval_single_sae(model, sae, config, str(artifacts_dir), "harness", force_rerun=True)
     df = get_metrics_df(str(artifacts_dir / "harness" / "results" / "metrics"))
     score = get_unlearning_scores(df)
