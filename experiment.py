@@ -356,7 +356,8 @@ def _run_into(cfg: Config, out: Path, stage: Path, t_start: float) -> int:
         try:
             eval_summaries[name] = run_named_eval(name, cfg, sae, model, stage, metadata.model_name, device, dtype)
         except Exception as err:  # an eval that crashes is recorded (run marked failed), never silently skipped
-            (stage / "eval_errors.log").open("a").write(f"[{name}]\n{traceback.format_exc()}\n")
+            with open(stage / "eval_errors.log", "a") as log:
+                log.write(f"[{name}]\n{traceback.format_exc()}\n")
             eval_summaries[name] = {"status": "error", "error": f"{type(err).__name__}: {err}"}
             print(f"[eval] {name} failed: {type(err).__name__}: {err} (traceback in eval_errors.log)", file=sys.stderr)
         eval_summaries[name]["wall_time_s"] = time.perf_counter() - t_eval
