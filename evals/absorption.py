@@ -116,7 +116,6 @@ def run_absorption(sae, model, out_dir: Path, artifacts_dir: Path, cache_dir: Pa
                                       probes_dir=str(probes_dir))), \
             contextlib.chdir(artifacts_dir):
         results = abs_main.run_eval(config, [("harness", sae)], device, str(results_dir), force_rerun=True)
-    del model.run_with_cache  # `patched` restored it as an instance attribute; fall back to the class method
     base = {"vocabulary_size": len(vocab), "words_per_letter": words_per_letter,
             "vocabulary_source": "the model's own tokenizer (SAEBench get_alpha_tokens)"}
     if not results:

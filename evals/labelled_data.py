@@ -81,6 +81,14 @@ class LabelledSet:
     extra_train: dict[str, list[str]] = field(default_factory=dict)
     extra_test: dict[str, list[str]] = field(default_factory=dict)
 
+    @staticmethod
+    def by_class(rows: list[tuple[str, str]]) -> dict[str, list[str]]:
+        """{label: texts}: the shape SAEBench's dataset loaders return."""
+        out: dict[str, list[str]] = {}
+        for text, label in rows:
+            out.setdefault(label, []).append(text)
+        return out
+
     def describe(self) -> dict:
         return {"name": self.name, "stands_in_for": self.stands_in_for, "label": self.label,
                 "classes": list(self.classes), "n_train": len(self.train), "n_test": len(self.test)}

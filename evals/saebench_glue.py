@@ -21,12 +21,16 @@ import torch
 
 @contextlib.contextmanager
 def patched(obj, attr: str, value):
+    own = attr in vars(obj)  # else inherited (e.g. a method): removing our value restores it
     old = getattr(obj, attr)
     setattr(obj, attr, value)
     try:
         yield
     finally:
-        setattr(obj, attr, old)
+        if own:
+            setattr(obj, attr, old)
+        else:
+            delattr(obj, attr)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,6 @@ folder keyed by exactly those and shared across runs.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -90,14 +89,13 @@ def run_scr_or_tpp(kind: str, sae, model, out_dir: Path, cache_dir: Path, model_
                                                                      size // 4, random_seed)
                              for df, size in ((train, train_set_size), (test, test_set_size)))
             if dataset_name == TPP_SET and not spurious_corr:
-                group = lambda rows: {c: [t for t, k in rows if k == c] for c in classes[TPP_SET]}  # noqa: E731
-                return group(s.train), group(s.test)
+                return s.by_class(s.train), s.by_class(s.test)
             return original(dataset_name, spurious_corr, train_set_size, test_set_size, random_seed,
                             column1_vals, column2_vals)
 
         config.dataset_names = names
         h = hashlib.sha1(json.dumps([kind, model_name, sae.cfg.hook_name, context_length,
-                                     dataclasses.asdict(config)["train_set_size"], texts]).encode()).hexdigest()[:16]
+                                     config.train_set_size, texts]).encode()).hexdigest()[:16]
         folder = cache_dir / f"{kind}-{h}"
     else:
         offline_get_train_test_data = original  # SAEBench's stock hub data and sizes

@@ -30,13 +30,6 @@ def _activation_cache_key(model_name: str, hook: str, context_length: int, s: la
     return f"{s.name}-{h.hexdigest()[:16]}"
 
 
-def _by_class(rows):
-    out: dict[str, list[str]] = {}
-    for text, label in rows:
-        out.setdefault(label, []).append(text)
-    return out
-
-
 def run_sparse_probing(sae, model, out_dir: Path, cache_dir: Path, model_name: str, embedded: bool, device: str,
                        llm_dtype: str, n_train_per_class: int = 50, n_test_per_class: int = 25,
                        context_length: int = 64, llm_batch_size: int = 16, seed: int = 42,
@@ -70,7 +63,8 @@ def run_sparse_probing(sae, model, out_dir: Path, cache_dir: Path, model_name: s
 
     def offline_loader(dataset_name, train_set_size, test_set_size, random_seed):
         if dataset_name in sets:
-            return _by_class(sets[dataset_name].train), _by_class(sets[dataset_name].test)
+            s = sets[dataset_name]
+            return s.by_class(s.train), s.by_class(s.test)
         return original_loader(dataset_name, train_set_size, test_set_size, random_seed)
 
     per_dataset, per_class = {}, {}
