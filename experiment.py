@@ -39,6 +39,7 @@ from trainers import VARIANTS  # noqa: E402
 from trainers.buffer import ActivationBuffer, BufferError_, hook_layer  # noqa: E402
 from trainers.data import EMBEDDED_DATASET, DataError, build_sequences  # noqa: E402
 from trainers.model import EMBEDDED_MODEL, EMBEDDED_TL_NAME, ModelError, load_model, pick_device, pick_dtype  # noqa: E402
+from trainers.variant_sae import VariantSettingError  # noqa: E402
 from trainers.trainer import TrainingFailed, TrainSettings, fold_into_model_space, train_sae  # noqa: E402
 
 # Per-model defaults for the "auto" settings: (hook, d_sae, dataset).
@@ -84,6 +85,10 @@ class Config:
     unlearning_questions_per_subject: int = 16  # known-question filter sample (MMLU stand-ins), cached per model
     unlearning_loss_tolerance: float = 0.01  # loss-based score: max relative retain-loss increase allowed
     absorption_words_per_letter: int = 150  # absorption: sampled vocabulary (0: the whole vocabulary, as published)
+    diag_docs_per_class: int = 30  # diagnostics: labelled texts per class (NMI, silhouette, MIG)
+    diag_sequences: int = 32  # diagnostics: held-out sequences (feature correlation, temporal consistency)
+    diag_domain_texts: int = 64  # diagnostics: held-out forget / retain texts each (domain separation)
+    diag_alpha: float = 0.3  # diagnostics: relative threshold for domain-specific features
     eval_cache_dir: str = ".cache/evals"  # model-only activation/probe caches, keyed by model, hook and texts
     # system
     device: str = "auto"
@@ -242,6 +247,13 @@ def eval_lines(evals: dict) -> dict[str, str]:
     for name, r in evals.items():
         if r.get("status") == "error":
             out[name] = "FAILED: " + r["error"]
+        elif name == "diagnostics":
+            ac = r["autocorrelation"]
+            out[name] = (f"NMI {fmt(r['nmi'])} (LLM {fmt(r['llm_nmi'])}), silhouette {fmt(r['silhouette'])} "
+                         f"(LLM {fmt(r['llm_silhouette'])}), MIG {fmt(r['mig'])}, feature |r| "
+                         f"{fmt(r['feature_corr_mean_abs'])}, decoder |cos| {fmt(r['decoder_cos_mean_abs'])}, "
+                         f"domain-specific {fmt(r['domain_specific_share'])}, autocorr lag1/8 {fmt(ac['1'])}/"
+                         f"{fmt(ac['8'])}, firing MI {fmt(r['firing_mi_bits'])} bits")
         elif name == "sparse_probing":
             out[name] = (f"LLM acc {fmt(r['llm_test_accuracy'])}, SAE acc {fmt(r['sae_test_accuracy'])}, SAE top-1 "
                          f"{fmt(r['sae_top_k_test_accuracy']['1'])} (LLM top-1 {fmt(r['llm_top_k_test_accuracy']['1'])}), "
@@ -305,6 +317,7 @@ def _run_into(cfg: Config, out: Path, stage: Path, t_start: float) -> int:
         print(f"[data] note: {cfg.dataset} train split has {train_seqs.n_tokens:,} tokens; "
               f"{cfg.n_tokens:,} requested, so the buffer starts further passes over it")
     n_held = cfg.core_batch_size_prompts * (cfg.core_reconstruction_batches + cfg.core_sparsity_variance_batches)
+    n_held = max(n_held, cfg.diag_sequences)
     held_out = build_sequences(cfg.dataset, model.tokenizer, "held_out", cfg.context_size,
                                max_tokens=n_held * cfg.context_size, held_out_percent=cfg.held_out_percent)
 
@@ -354,7 +367,8 @@ def _run_into(cfg: Config, out: Path, stage: Path, t_start: float) -> int:
         print(f"[eval] {name}")
         t_eval = time.perf_counter()
         try:
-            eval_summaries[name] = run_named_eval(name, cfg, sae, model, stage, metadata.model_name, device, dtype)
+            eval_summaries[name] = run_named_eval(name, cfg, sae, model, stage, metadata.model_name, device, dtype,
+                                                  held_out)
         except Exception as err:  # an eval that crashes is recorded (run marked failed), never silently skipped
             with open(stage / "eval_errors.log", "a") as log:
                 log.write(f"[{name}]\n{traceback.format_exc()}\n")
@@ -396,11 +410,19 @@ def _run_into(cfg: Config, out: Path, stage: Path, t_start: float) -> int:
     return 0
 
 
-def run_named_eval(name: str, cfg: Config, sae, model, out: Path, model_name: str, device: str, dtype) -> dict:
+def run_named_eval(name: str, cfg: Config, sae, model, out: Path, model_name: str, device: str, dtype,
+                   held_out) -> dict:
     """Run one non-core eval into `out`; return the summary that goes into final_info.json."""
     embedded = cfg.model == EMBEDDED_MODEL
     llm_dtype = str(dtype).removeprefix("torch.")
     cache = Path(cfg.eval_cache_dir)
+    if name == "diagnostics":
+        from evals.diagnostics import run_diagnostics
+
+        return run_diagnostics(sae, model, out, cache, model_name, held_out.tokens[: cfg.diag_sequences],
+                               docs_per_class=cfg.diag_docs_per_class, context_length=cfg.probe_context_length,
+                               n_domain_texts=cfg.diag_domain_texts, alpha=cfg.diag_alpha,
+                               batch_size=cfg.model_batch_size)
     if name == "sparse_probing":
         from evals.sparse_probing import run_sparse_probing
 
@@ -434,7 +456,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = parse_args(argv)
         return run(cfg)
-    except (UsageError, ModelError, DataError, BufferError_) as err:
+    except (UsageError, ModelError, DataError, BufferError_, VariantSettingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingFailed as err:

@@ -44,6 +44,7 @@ class ActivationBatch:
     seq: torch.Tensor  # [B] index into the TokenSequences
     pos: torch.Tensor  # [B] token position in that sequence (>= 1: BOS is never served)
     rows: torch.Tensor  # [B] storage rows, for neighbour lookups while the batch is current
+    doc: torch.Tensor  # [B] index into sequences.documents (the row's document: its domain/topic tags)
 
 
 class ActivationBuffer:
@@ -81,6 +82,7 @@ class ActivationBuffer:
         self.leftover = torch.empty(0, dtype=torch.long, device=self.device)
         self.scale: torch.Tensor | None = None  # [n_hooks]
         self.n_model_tokens = 0  # tokens pushed through the model (BOS included)
+        self._topic_masks: dict[str, torch.Tensor] = {}
 
     # ---- model side -------------------------------------------------------------------------
     @torch.no_grad()
@@ -148,13 +150,15 @@ class ActivationBuffer:
             rest = self._gather(self.queue[: batch_size - len(carry.rows)])
             self.queue = self.queue[batch_size - len(carry.rows) :]
             carry.rows = torch.full_like(carry.rows, -1)  # their storage may be gone: no neighbours
-            return ActivationBatch(*(torch.cat([getattr(carry, f), getattr(rest, f)]) for f in ("acts", "seq", "pos", "rows")))
+            return ActivationBatch(*(torch.cat([getattr(carry, f), getattr(rest, f)]) for f in ("acts", "seq", "pos", "rows", "doc")))
         rows, self.queue = self.queue[:batch_size], self.queue[batch_size:]
         return self._gather(rows)
 
     def _gather(self, rows: torch.Tensor) -> ActivationBatch:
         slot, t = rows // self.seq_len, rows % self.seq_len
-        return ActivationBatch(acts=self.storage[rows], seq=self.slot_seq[slot], pos=t + 1, rows=rows)
+        seq, pos = self.slot_seq[slot], t + 1
+        doc = self.sequences.doc_index.to(self.device)[seq, pos] if len(rows) else rows.clone()
+        return ActivationBatch(acts=self.storage[rows], seq=seq, pos=pos, rows=rows, doc=doc)
 
     def neighbours(self, batch: ActivationBatch, offset: torch.Tensor | int):
         """Activations at position pos+offset of the same sequence, for every row of `batch`.
@@ -168,8 +172,37 @@ class ActivationBuffer:
         rows = torch.where(valid, batch.rows - batch.rows % self.seq_len + t, torch.zeros_like(t))
         return self.storage[rows], valid
 
+    def has_topic(self, batch: ActivationBatch, topic: str) -> torch.Tensor:
+        """[B] bool: whether each row's document carries `topic` (the domain tag variants group by)."""
+        if topic not in self._topic_masks:
+            self._topic_masks[topic] = torch.tensor([d.topic == topic for d in self.sequences.documents],
+                                                    dtype=torch.bool, device=self.device)
+        return self._topic_masks[topic][batch.doc]
+
     def mean_activation(self, hook_index: int = 0) -> torch.Tensor:
         """Mean normalized activation over the current storage (used to initialize b_dec)."""
         self.ensure_started()
         filled = self.slot_seq.repeat_interleave(self.seq_len) >= 0
         return self.storage[filled, hook_index].float().mean(dim=0)
+
+
+@torch.no_grad()
+def text_activations(model, hook_name: str, texts: list[str], n_tokens: int, batch_size: int = 16):
+    """Activations at `hook_name` for the first `n_tokens` tokens of each text (BOS dropped).
+
+    Returns (acts [n_texts, n_tokens, d], mask [n_texts, n_tokens]): mask is False on padding of
+    texts shorter than n_tokens. Used for the labelled pools of the variants and the diagnostics."""
+    layer = hook_layer(hook_name, model.cfg.n_layers)
+    device = next(model.parameters()).device
+    rows = [model.to_tokens(t, prepend_bos=True)[0, : n_tokens + 1] for t in texts]
+    lengths = torch.tensor([len(r) - 1 for r in rows])
+    tokens = torch.zeros(len(rows), n_tokens + 1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)] = r
+    mask = torch.arange(n_tokens)[None, :] < lengths[:, None]
+    out = []
+    for chunk in tokens.split(batch_size):
+        _, cache = model.run_with_cache(chunk.to(device), names_filter=[hook_name], stop_at_layer=layer + 1)
+        out.append(cache[hook_name][:, 1:].float().cpu())
+    acts = torch.cat(out) if out else torch.zeros(0, n_tokens, model.cfg.d_model)
+    return acts * mask[..., None], mask

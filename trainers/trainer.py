@@ -135,6 +135,7 @@ def train_sae(sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index
                 "l1_norm": out.feature_acts.abs().sum(-1).mean().item(),
                 "explained_variance": explained_variance(out.sae_in, out.sae_out),
                 **{name: v.item() for name, v in out.losses.items()},
+                **getattr(sae, "step_metrics", {}),  # a variant's own per-step numbers
             }
         for k, v in row.items():
             per_step.setdefault(k, []).append(v)
@@ -148,8 +149,9 @@ def train_sae(sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index
                 "lr": trainer.optimizer.param_groups[0]["lr"],
                 "tokens_per_s": (step + 1) * settings.batch_size / elapsed,
             }
-            for k, v in logged.items():
-                curves.setdefault(k, []).append(v)
+            n_logged = len(curves.get("step", []))
+            for k in list(curves) + [k for k in logged if k not in curves]:  # None where a key was absent
+                curves.setdefault(k, [None] * n_logged).append(logged.get(k))
             bar.set_postfix(loss=f"{loss:.2f}", L0=f"{row['l0']:.0f}", ev=f"{row['explained_variance']:.3f}",
                             tok_s=f"{logged['tokens_per_s']:.0f}")
     del sae.current_batch, sae.buffer

@@ -1,0 +1,296 @@
+"""The four variants: each loss term on hand-made input equals a hand-computed value, its gradient
+reaches only the parameters it should, pairs/windows are true neighbours, and the EMA / margin /
+percentile / grouping logic gives known values."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from sae_lens import SAE
+from sae_lens.saes.sae import SAEMetadata, TrainStepInput
+
+from evals.labelled_data import FORGET_TOPIC
+from tests.conftest import make_sequences
+from trainers import VARIANTS, adversarial, contrastive, orthogonal, temporal
+from trainers.buffer import ActivationBuffer
+from trainers.data import Document
+from trainers.trainer import TrainSettings, train_sae
+from trainers.variant_sae import TextPool, VariantSettingError, ema, exp_ramp, info_nce, linear_ramp, neighbour_pairs
+
+HOOK = "blocks.1.hook_resid_post"
+META = dict(model_name="tiny", hook_name=HOOK, hook_layer=1, context_size=9, prepend_bos=True)
+LOG1PE = math.log(1 + math.exp(-1))  # InfoNCE of two candidates whose logits differ by 1
+
+
+def identity_sae(variant, d=2, **cfg):
+    """d_in = d_sae = d, W_enc = W_dec = I, biases 0: features = relu(x)."""
+    mod = VARIANTS[variant]
+    sae = mod.build_sae(mod.Config(l1_coefficient=0.0, **cfg), d, d, 10, decoder_init_norm=1.0,
+                        metadata=SAEMetadata(**META))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(d))
+        sae.W_dec.copy_(torch.eye(d))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def step_input(x, step=0):
+    return TrainStepInput(sae_in=x, coefficients={"l1": 0.0}, dead_neuron_mask=None, n_training_steps=step,
+                          is_logging_step=False)
+
+
+class FakeBuffer:
+    """Stands in for ActivationBuffer's neighbour lookup: fixed neighbour activations."""
+
+    def __init__(self, acts, valid=None, forget=None):
+        self.acts, self.valid = acts, torch.ones(len(acts), dtype=torch.bool) if valid is None else valid
+        self.forget = forget
+        self.sequences = SimpleNamespace(documents=[Document("f", topic=FORGET_TOPIC), Document("r", topic="Arts")])
+
+    def neighbours(self, batch, offset):
+        return self.acts[:, None, :], self.valid
+
+    def has_topic(self, batch, topic):
+        return self.forget
+
+
+def attach(sae, buffer, n, seq=None):
+    sae.buffer = buffer
+    sae.current_batch = SimpleNamespace(rows=torch.arange(n), seq=torch.arange(n) if seq is None else seq,
+                                        pos=torch.ones(n, dtype=torch.long))
+
+
+def grads_of(sae, term, extra=()):
+    sae.zero_grad()
+    term.backward()
+    return {n: (p.grad is not None and p.grad.abs().sum().item() > 0) for n, p in list(sae.named_parameters()) + list(extra)}
+
+
+# ---- shared pieces ----------------------------------------------------------------------------
+
+def test_info_nce_and_schedules_match_hand_values():
+    eye = torch.eye(2)
+    assert info_nce(eye, eye, 1.0).item() == pytest.approx(LOG1PE)
+    assert info_nce(eye, eye, 0.5).item() == pytest.approx(math.log(1 + math.exp(-2)))
+    assert linear_ramp(5, 10) == 0.5 and linear_ramp(20, 10) == 1.0 and linear_ramp(3, 0) == 1.0
+    assert exp_ramp(0, 10) == 0.0 and exp_ramp(10, 10) == pytest.approx(1 - math.exp(-1))
+    assert ema(None, 0.2, 0.95) == 0.2 and ema(0.2, 0.4, 0.95) == pytest.approx(0.21)
+
+
+def test_neighbour_pairs_are_same_sequence_within_window_never_bos(tiny_model):
+    seqs = make_sequences(n_seq=8, ctx=9)
+    buf = ActivationBuffer(tiny_model, seqs, [HOOK], seqs_per_fill=4)
+    torch.manual_seed(0)
+    seen = 0
+    for _ in range(6):
+        batch = buf.next_batch(8)
+        idx, acts, offset = neighbour_pairs(batch, buf, window=3)
+        assert ((offset.abs() >= 1) & (offset.abs() <= 3)).all()
+        _, cache = tiny_model.run_with_cache(seqs.tokens[batch.seq[idx]])
+        pos = batch.pos[idx] + offset
+        assert (pos >= 1).all() and (pos <= 8).all()  # never BOS (position 0), inside the sequence
+        want = cache[HOOK][torch.arange(len(idx)), pos] * buf.scale[0]
+        torch.testing.assert_close(acts, want, rtol=1e-4, atol=1e-5)
+        seen += len(idx)
+    assert seen > 20
+
+
+# ---- contrastive --------------------------------------------------------------------------------
+
+def contrastive_sae(**cfg):
+    sae = identity_sae("contrastive", head_dim=2, temperature=1.0, weight=0.5, curriculum_frac=0.0, max_rescale=1.0,
+                       **cfg)
+    with torch.no_grad():
+        sae.head.weight.copy_(torch.eye(2))
+        sae.head.bias.zero_()
+    attach(sae, FakeBuffer(torch.tensor([[2.0, 0.0], [0.0, 1.0]])), 2)
+    return sae
+
+
+def test_contrastive_loss_equals_hand_value_and_reaches_encoder_and_head_not_decoder():
+    sae = contrastive_sae()
+    # anchors f = [[1,0],[0,2]], neighbours f = [[2,0],[0,1]]: unit head outputs are e1, e2 for both,
+    # logits [[1,0],[0,1]] -> InfoNCE = log(1 + e^-1); term = weight 0.5 x that
+    out = sae.training_forward_pass(step_input(torch.tensor([[1.0, 0.0], [0.0, 2.0]])))
+    assert out.losses["contrastive_loss"].item() == pytest.approx(0.5 * LOG1PE, rel=1e-5)
+    assert out.loss.item() == pytest.approx(out.losses["mse_loss"].item() + 0.5 * LOG1PE, rel=1e-5)
+    # hand values sit where relu is flat; gradients are checked off that point
+    sae.buffer.acts = torch.tensor([[2.0, 0.4], [0.2, 1.0]])
+    out = sae.training_forward_pass(step_input(torch.tensor([[1.0, 0.5], [0.3, 2.0]])))
+    g = grads_of(sae, out.losses["contrastive_loss"])
+    assert g["W_enc"] and g["b_enc"] and g["head.weight"] and not g["W_dec"]
+    assert not any(k.startswith("head") for k in sae.state_dict())  # the head is not saved with the SAE
+
+
+def test_feature_mixing_negatives_match_hand_value():
+    assert contrastive.mix_top_features(torch.tensor([[3.0, 0, 1, 2]]), torch.tensor([[0.0, 5, 0, 4]]), 2).tolist() \
+        == [[0.0, 5, 1, 4]]
+    sae = contrastive_sae(mix_negatives=True, mix_k=1)
+    # mixed twins: [[0,2],[1,0]] -> candidates e1, e2, e2, e1: row logits [1,0,0,1] -> log(2 + 2/e)
+    out = sae.training_forward_pass(step_input(torch.tensor([[1.0, 0.0], [0.0, 2.0]])))
+    assert out.losses["contrastive_loss"].item() == pytest.approx(0.5 * math.log(2 + 2 / math.e), rel=1e-5)
+
+
+def test_contrastive_dynamic_weight_ramps_and_keeps_its_share():
+    sae = identity_sae("contrastive", weight=0.1, target_share=0.05, max_rescale=10.0, curriculum_frac=1.0)
+    sae.n_steps = 10
+    # share-keeping factor 0.05/0.95 x 19 / (0.1 x 5) = 2; ramp 5/10 -> 0.1 x 0.5 x 2
+    assert sae.coefficient(5, rest=19.0, nce=5.0) == pytest.approx(0.1)
+    sae = identity_sae("contrastive", weight=0.1, target_share=0.05, max_rescale=10.0, curriculum_frac=0.0)
+    assert sae.coefficient(5, rest=1e6, nce=5.0) == pytest.approx(1.0)  # clamped at 10x the weight
+
+
+# ---- orthogonal ---------------------------------------------------------------------------------
+
+def test_threshold_grouping_and_cross_group_penalty_match_hand_values():
+    f, r = torch.tensor([0.9, 0.1, 0.5, 0.0, 0.6]), torch.tensor([0.1, 0.9, 0.5, 0.0, 0.4])
+    forget, retain = orthogonal.threshold_groups(f, r, alpha=0.3)
+    assert forget.tolist() == [True, False, False, False, False]
+    assert retain.tolist() == [False, True, False, False, False]
+    w = torch.tensor([[1.0, 0], [0, 1], [2, 2]])  # cos(0,1) = 0, cos(0,2) = 1/sqrt2
+    p = orthogonal.cross_group_penalty(w, torch.tensor([True, False, False]), torch.tensor([False, True, True]))
+    assert p.item() == pytest.approx(0.25, rel=1e-6)  # mean of cos^2 (0, 0.5)
+    assert torch.isfinite(orthogonal.cross_group_penalty(torch.zeros(3, 2), forget[:3], retain[:3]))
+
+
+def test_orthogonal_ema_statistics_grouping_and_gradient_only_on_grouped_decoder_rows():
+    sae = identity_sae("orthogonal", d=4, weight=1.0, warmup_frac=0.1, stats_decay=0.5, alpha=0.3)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.tensor([[1.0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 1, 1]]))
+    forget = torch.tensor([True, False])
+    attach(sae, FakeBuffer(torch.zeros(2, 4), forget=forget), 2)
+    x = torch.tensor([[1.0, 0, 1, 0], [0, 1, 1, 0]])  # feature 0 fires on forget, 1 on retain, 2 on both
+    out = sae.training_forward_pass(step_input(x, step=1))
+    assert sae.stats["forget"]["freq"].tolist() == [1, 0, 1, 0]
+    assert sae.stats["retain"]["freq"].tolist() == [0, 1, 1, 0]
+    # groups: forget {0}, retain {1}; cos(row0, row1) = 1/sqrt2 -> cos^2 0.5; ramp 1 - e^(-1/1)
+    assert out.losses["orthogonality_loss"].item() == pytest.approx(0.5 * (1 - math.exp(-1)), rel=1e-5)
+    g = grads_of(sae, out.losses["orthogonality_loss"])
+    assert g["W_dec"] and not g["W_enc"] and not g["b_enc"] and not g["b_dec"]
+    assert sae.W_dec.grad[2:].abs().sum() == 0  # rows of ungrouped features get nothing
+    sae.training_forward_pass(step_input(torch.zeros(2, 4), step=2))  # nothing fires: EMA halves the freqs
+    assert sae.stats["forget"]["freq"].tolist() == [0.5, 0, 0.5, 0]
+
+
+def test_kmeans_grouping_separates_forget_and_retain_features():
+    n = 30
+    forget_feats, retain_feats = torch.arange(0, 10), torch.arange(10, 20)
+    def stats(active):
+        mean = torch.full((n,), 0.1)
+        mean[active] = 3.0
+        return {"freq": mean / 3, "mean": mean, "sq": mean.pow(2) * 1.5, "max": mean * 2}
+    forget, retain = orthogonal.kmeans_groups({"forget": stats(forget_feats), "retain": stats(retain_feats)})
+    assert forget.nonzero().squeeze(1).tolist() == forget_feats.tolist()
+    assert retain.nonzero().squeeze(1).tolist() == retain_feats.tolist()
+
+
+def test_orthogonal_refuses_data_without_the_forget_domain():
+    sae = identity_sae("orthogonal")
+    attach(sae, FakeBuffer(torch.zeros(1, 2), forget=torch.tensor([False])), 1)
+    sae.buffer.sequences.documents = [Document("r", topic="Arts")]
+    with pytest.raises(VariantSettingError, match="domain-tagged"):
+        sae.training_forward_pass(step_input(torch.ones(1, 2)))
+
+
+# ---- adversarial --------------------------------------------------------------------------------
+
+def test_adversarial_scale_percentile_set_and_margin_penalty_match_hand_values():
+    assert adversarial.adversarial_scale(0.55) == 0.1 and adversarial.adversarial_scale(0.9) == pytest.approx(0.4)
+    attribution = torch.arange(20.0)
+    threshold = torch.quantile(attribution, 0.85).item()
+    assert threshold == pytest.approx(16.15)
+    assert adversarial.spurious_set(attribution, threshold).nonzero().squeeze(1).tolist() == [17, 18, 19]
+    sims = torch.tensor([[0.5, 0.1], [0.3, 0.2]])
+    assert adversarial.margin_penalty(sims, 0.25).item() == pytest.approx((0.25**2 + 0.05**2) / 2)
+    w = torch.tensor([[1.0, 0], [0, 1], [1, 1]])
+    s = adversarial.similarity_to_others(w, torch.tensor([False, False, True]))
+    torch.testing.assert_close(s, torch.tensor([[2**-0.5, 2**-0.5]]))
+
+
+def test_adversarial_probe_sees_stopped_gradient_and_term_reaches_only_the_decoder():
+    torch.manual_seed(0)
+    d = 6
+    sae = identity_sae("adversarial", d=d, weight=1.0, texts_per_step=4, percentile=50.0, margin_std=0.0)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.randn(d, d))
+    acts = torch.rand(4, 3, d)
+    sae.pool = TextPool(acts, torch.ones(4, 3, dtype=torch.bool))
+    sae.labels = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    attach(sae, FakeBuffer(torch.zeros(2, d)), 2)
+    assert not any(p is q for p in sae.parameters() for q in sae.probe.linear.parameters())  # own optimizer
+    probe_before = sae.probe.linear.weight.detach().clone()
+    out = sae.training_forward_pass(step_input(torch.rand(2, d)))
+    assert not torch.equal(sae.probe.linear.weight, probe_before)  # the probe took its step
+    m = sae.step_metrics
+    assert m["spurious_features"] == 3  # above the 50th percentile of 6 attributions
+    assert m["margin"] == pytest.approx(sae.sim_mean)  # first step: margin = mean + 0 x std
+    assert out.losses["adversarial_loss"].item() > 0
+    sae.probe.optimizer.zero_grad(set_to_none=True)  # clear the probe's own update; the SAE term must add nothing
+    g = grads_of(sae, out.losses["adversarial_loss"], extra=sae.probe.linear.named_parameters())
+    assert g["W_dec"] and not g["W_enc"] and not g["b_enc"] and not g["b_dec"] and not g["weight"]
+
+
+def test_adversarial_similarity_ema_tracks_mean_and_std():
+    sae = identity_sae("adversarial", ema_decay=0.5)
+    sae.sim_mean = ema(None, 0.2, 0.5)
+    sae.sim_mean = ema(sae.sim_mean, 0.4, 0.5)
+    assert sae.sim_mean == pytest.approx(0.3)
+
+
+# ---- temporal -----------------------------------------------------------------------------------
+
+def test_temporal_nce_masks_same_sequence_negatives_and_matches_hand_value():
+    anchor, positive = torch.tensor([[1.0, 0]]), torch.tensor([[1.0, 0]])
+    negatives = torch.tensor([[0.0, 1], [1.0, 0]])
+    # the second negative is from the anchor's own sequence (7): masked; logits [1, 0]
+    loss = temporal.temporal_nce(anchor, positive, negatives, torch.tensor([7]), torch.tensor([5, 7]), 1.0)
+    assert loss.item() == pytest.approx(LOG1PE)
+
+
+def test_negative_queue_is_circular():
+    q = temporal.NegativeQueue(4, 1, "cpu")
+    q.push(torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([1, 2, 3]))
+    q.push(torch.tensor([[4.0], [5.0], [6.0]]), torch.tensor([4, 5, 6]))
+    assert q.filled == 4 and q.next == 2
+    assert q.vectors.squeeze(1).tolist() == [5.0, 6.0, 3.0, 4.0] and q.seq.tolist() == [5, 6, 3, 4]
+
+
+def test_temporal_term_uses_queue_negatives_and_reaches_encoder_not_decoder():
+    sae = identity_sae("temporal", weight=1.0, temperature=1.0, window=2, queue_size=8, negatives_per_step=8)
+    attach(sae, FakeBuffer(torch.tensor([[2.0, 0.0]])), 1, seq=torch.tensor([3]))
+    x = torch.tensor([[1.0, 0.0]])
+    out = sae.training_forward_pass(step_input(x))
+    assert out.losses["temporal_loss"].item() == 0.0 and sae.queue.filled == 1  # empty queue: no term yet
+    sae.queue.push(torch.tensor([[0.0, 1.0]]), torch.tensor([9]))  # one negative from another sequence
+    out = sae.training_forward_pass(step_input(x))
+    # positive cos 1, negatives: [0,1] (other sequence) -> 0; [1,0] (own sequence 3) masked
+    assert out.losses["temporal_loss"].item() == pytest.approx(LOG1PE, rel=1e-5)
+    sae.buffer.acts = torch.tensor([[2.0, 0.5]])  # off the flat point of relu, for the gradient check
+    out = sae.training_forward_pass(step_input(torch.tensor([[1.0, 0.3]])))
+    g = grads_of(sae, out.losses["temporal_loss"])
+    assert g["W_enc"] and not g["W_dec"]
+
+
+# ---- every variant through the shared trainer ---------------------------------------------------
+
+@pytest.mark.parametrize("variant", ["contrastive", "orthogonal", "adversarial", "temporal"])
+def test_variant_trains_with_the_shared_trainer_logs_its_term_and_saves_a_standard_sae(tiny_model, variant, tmp_path):
+    seqs = make_sequences(n_seq=16)
+    seqs.documents = [Document(d.text, topic=FORGET_TOPIC if i % 3 == 0 else "Arts") for i, d in enumerate(seqs.documents)]
+    buf = ActivationBuffer(tiny_model, seqs, [HOOK], seqs_per_fill=4)
+    mod = VARIANTS[variant]
+    cfg = mod.Config(weight=1.0, **({"texts_per_step": 4} if variant == "adversarial" else {}))
+    sae = mod.build_sae(cfg, 16, 32, 12, decoder_init_norm=1.0, metadata=SAEMetadata(**META))
+    if variant == "adversarial":  # the tiny model has no tokenizer: a labelled pool of random activations
+        sae.pool = TextPool(torch.randn(8, 4, 16) * 4, torch.ones(8, 4, dtype=torch.bool))
+        sae.labels = torch.tensor([0.0, 1.0] * 4)
+    result = train_sae(sae, buf, TrainSettings(n_tokens=12 * 8, batch_size=8, lr=1e-2, log_every=5))
+    term = sae.extra_loss_name
+    assert len(result.curves[term]) == len(result.curves["step"]) == 4
+    assert all(math.isfinite(v) for v in result.curves["loss"])
+    assert any(v for v in result.curves[term][1:]), f"{term} stayed 0"
+    sae.save_inference_model(tmp_path / "sae")
+    loaded = SAE.load_from_disk(tmp_path / "sae")
+    torch.testing.assert_close(loaded.W_dec, sae.W_dec)

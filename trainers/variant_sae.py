@@ -1,0 +1,145 @@
+"""What every variant shares: the baseline's ReLU + L1 SAE (SAELens's StandardTrainingSAE, trained by
+trainers.trainer exactly like `relu`) plus one extra loss term, and the small pieces of maths the
+variants have in common (neighbour pairs, InfoNCE, schedules, EMAs).
+
+A variant subclasses `VariantSAE`, sets `extra_loss_name` and implements `extra_loss(...)`. The term
+is added to SAELens's loss dict, so it is summed into the loss the optimizer sees and logged in the
+training curves under that name; `self.step_metrics` (floats) is logged beside it. Modules and
+state used only in training (a contrastive head, a probe, a queue) are dropped when the SAE is
+saved: the saved SAE is a plain SAELens "standard" SAE, loadable and evaluable like the baseline's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
+
+from trainers import relu
+
+EPS = 1e-8
+
+
+class VariantSettingError(ValueError):
+    """A variant hyperparameter that cannot work (reported as one line, exit code 2)."""
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise VariantSettingError(message)
+
+
+class VariantSAE(StandardTrainingSAE):
+    extra_loss_name = "extra_loss"
+    training_only: tuple[str, ...] = ()  # submodule names not saved with the SAE
+
+    def __init__(self, cfg: StandardTrainingSAEConfig, variant_cfg, n_steps: int):
+        super().__init__(cfg)
+        self.variant_cfg = variant_cfg
+        self.n_steps = max(1, n_steps)
+        self.step_metrics: dict[str, float] = {}
+
+    def calculate_aux_loss(self, step_input, feature_acts, hidden_pre, sae_out):
+        losses = super().calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out)
+        self.step_metrics = {}
+        term = self.extra_loss(step_input, feature_acts, sae_out, losses)
+        if not torch.isfinite(term):  # never hand a NaN to the optimizer: drop the term this step
+            self.step_metrics[f"{self.extra_loss_name}_nonfinite"] = 1.0
+            term = feature_acts.sum() * 0.0
+        losses[self.extra_loss_name] = term
+        return losses
+
+    def extra_loss(self, step_input, feature_acts, sae_out, losses) -> torch.Tensor:
+        raise NotImplementedError
+
+    def zero_term(self) -> torch.Tensor:
+        """A 0 that is still part of the graph (so every step's loss has the same structure)."""
+        return self.W_dec.sum() * 0.0
+
+    def state_dict(self, *args, **kwargs):  # what is saved: the SAE without its training-only parts
+        out = super().state_dict(*args, **kwargs)
+        for key in [k for k in out if k.split(".")[0] in self.training_only]:
+            del out[key]
+        return out
+
+
+def standard_config(cfg: relu.Config, d_in: int, d_sae: int, n_steps: int, **common) -> StandardTrainingSAEConfig:
+    """The baseline's SAE config (same L1 penalty and warm-up): every variant starts from it."""
+    return StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=cfg.l1_coefficient,
+                                     l1_warm_up_steps=int(cfg.l1_warm_up_frac * n_steps), **common)
+
+
+# ---- shared maths ------------------------------------------------------------------------------
+
+def neighbour_pairs(batch, buffer, window: int, hook_index: int = 0):
+    """For each row of `batch`, another position of the same sequence at a random offset in
+    [-window, -1] U [1, window]. Returns (anchor_index [n], neighbour_acts [n, d], offset [n]) for the
+    n rows whose neighbour exists: inside the sequence, not BOS, storage still resident."""
+    n = len(batch.rows)
+    magnitude = torch.randint(1, window + 1, (n,))
+    sign = torch.randint(0, 2, (n,)) * 2 - 1
+    offset = (magnitude * sign).to(batch.rows.device)
+    acts, valid = buffer.neighbours(batch, offset)
+    idx = valid.nonzero().squeeze(1)
+    return idx, acts[idx, hook_index].float(), offset[idx]
+
+
+def info_nce(anchors: torch.Tensor, candidates: torch.Tensor, temperature: float,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE: row i of `anchors` [n, k] should pick candidate i of `candidates` [m >= n, k] (the
+    rest are negatives). Similarity is the dot product (inputs already normalized) / temperature.
+    `mask` [n, m] False removes a candidate for that anchor."""
+    logits = anchors @ candidates.T / temperature
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(anchors), device=anchors.device))
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    return x / (x.norm(dim=-1, keepdim=True) + EPS)
+
+
+def unit_rows(w: torch.Tensor) -> torch.Tensor:
+    return w / (w.norm(dim=-1, keepdim=True) + EPS)
+
+
+def linear_ramp(step: int, ramp_steps: int) -> float:
+    return 1.0 if ramp_steps <= 0 else min(1.0, step / ramp_steps)
+
+
+def exp_ramp(step: int, warmup_steps: float) -> float:
+    """1 - exp(-step / warmup): 0 at step 0, 0.63 at `warmup`, -> 1."""
+    return 1.0 if warmup_steps <= 0 else 1.0 - math.exp(-step / warmup_steps)
+
+
+def ema(old: torch.Tensor | float | None, new, decay: float):
+    """Exponential moving average; the first observation initializes it (no bias toward 0)."""
+    return new if old is None else decay * old + (1 - decay) * new
+
+
+@dataclass
+class TextPool:
+    """Model activations of a fixed set of texts (normalized like the training rows), to draw
+    per-step minibatches from: labelled text for the adversarial probe, translation pairs for the
+    contrastive variant's semantic positives."""
+
+    acts: torch.Tensor  # [n_texts, n_tokens, d]
+    mask: torch.Tensor  # [n_texts, n_tokens]
+
+    @classmethod
+    def build(cls, buffer, texts: list[str], n_tokens: int, hook_index: int = 0) -> "TextPool":
+        from trainers.buffer import text_activations
+
+        acts, mask = text_activations(buffer.model, buffer.hook_names[hook_index], texts, n_tokens,
+                                      buffer.model_batch_size)
+        scale = float(buffer.scale[hook_index])
+        return cls((acts * scale).to(buffer.device), mask.to(buffer.device))
+
+    def pooled_features(self, sae, idx: torch.Tensor) -> torch.Tensor:
+        """Mean SAE feature vector over each selected text's tokens: [len(idx), d_sae]."""
+        acts, mask = self.acts[idx], self.mask[idx].float()
+        feats = sae.encode(acts.reshape(-1, acts.shape[-1])).reshape(*acts.shape[:2], -1)
+        return (feats * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
