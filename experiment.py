@@ -141,6 +141,11 @@ def parse_args(argv: list[str]) -> Config:
             options = ", ".join(f.name for f in dataclasses.fields(variant_cfg))
             raise UsageError(f"variant {name!r} has no setting {attr!r}; it has: {options}")
         setattr(variant_cfg, attr, _convert(value, type(getattr(variant_cfg, attr)), f"--set {target}"))
+    if hasattr(VARIANTS[cfg.variant], "check"):
+        try:
+            VARIANTS[cfg.variant].check(variant_cfg)
+        except VariantSettingError as err:
+            raise UsageError(str(err)) from None
     cfg.variant_config = dataclasses.asdict(variant_cfg)
     if cfg.model not in MODEL_DEFAULTS and cfg.model != EMBEDDED_MODEL:
         if "auto" in (cfg.hook, cfg.dataset) or cfg.d_sae == 0:

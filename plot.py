@@ -9,6 +9,11 @@ l0_vs_ce_loss.png    L0 against CE-loss score, every run one point
 sparse_probing.png   SAEBench sparse probing: test accuracy against k, SAE (solid) beside the LLM (dashed)
 unlearning.png       loss-based unlearning score and SAEBench's MCQ score per run ("n/a" where not applicable)
 scr_tpp_absorption.png  SCR and TPP metric against the number of ablated latents; absorption fraction per run
+variant_terms.png    each variant's extra loss term over training (and TopK's auxiliary loss), one panel per term
+diagnostics.png      the seeds' diagnostics per run: NMI, silhouette, MIG, feature correlation, decoder cosine,
+                     forget/retain separation, auto-correlation by lag, firing mutual information
+final_metrics.png    the seeds' own summary figure: final training loss and steps, explained variance, MSE, KL
+runs_table.md        one row per run: variant, settings changed from the defaults, L0, EV, CE score, diagnostics
 A run without a core eval is left out of the figures that need it; a failed run is labelled so.
 """
 
@@ -201,6 +206,115 @@ def plot_scr_tpp_absorption(runs, out: Path) -> Path | None:
     return _save(fig, out / "scr_tpp_absorption.png")
 
 
+EXTRA_TERMS = {"contrastive_loss": "contrastive (InfoNCE x dynamic weight)",
+               "orthogonality_loss": "orthogonal (forget x retain decoder cos^2 x ramp)",
+               "adversarial_loss": "adversarial (margin penalty x lambda x max(A-0.5, 0.1))",
+               "temporal_loss": "temporal (InfoNCE over time x weight)",
+               "auxiliary_reconstruction_loss": "topk (AuxK loss for dead features)"}
+
+
+def plot_variant_terms(runs, out: Path) -> Path | None:
+    present = [k for k in EXTRA_TERMS if any(k in r["info"].get("training", {}).get("curves", {}) for r in runs)]
+    if not present:
+        return None
+    fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 4.2), squeeze=False)
+    for ax, key in zip(axes[0], present):
+        for i, r in enumerate(runs):
+            c = r["info"]["training"]["curves"]
+            if key in c:
+                pts = [(t, v) for t, v in zip(c["tokens"], c[key]) if v is not None]
+                ax.plot([t for t, _ in pts], [v for _, v in pts], color=f"C{i}", label=r["label"])
+        ax.set(title=EXTRA_TERMS[key], xlabel="training tokens", ylabel="term added to the loss")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return _save(fig, out / "variant_terms.png")
+
+
+DIAGNOSTIC_PANELS = [
+    ("nmi", "NMI: k-means of doc features vs labels", "llm_nmi"),
+    ("silhouette", "silhouette of doc features by class", "llm_silhouette"),
+    ("mig", "MIG over label factors", None),
+    ("feature_corr_mean_abs", "feature activation |r| (mean over pairs)", None),
+    ("decoder_cos_mean_abs", "decoder |cos| (mean over pairs)", None),
+    ("domain_specific_share", "forget/retain-specific share of active features", None),
+    ("cross_group_decoder_abs_cos", "decoder |cos| between forget and retain groups", None),
+    ("firing_mi_bits", "MI(firing at t; at t+1), bits", None),
+]
+
+
+def plot_diagnostics(runs, out: Path) -> Path | None:
+    runs = _with(runs, "diagnostics")
+    if not runs:
+        return None
+    fig, axes = plt.subplots(3, 3, figsize=(16, 12))
+    d = [r["info"]["diagnostics"] for r in runs]
+    for ax, (key, title, reference) in zip(axes.flat, DIAGNOSTIC_PANELS):
+        _bars_or_na(ax, runs, [x.get(key) for x in d], title)
+        if reference:
+            ax.axhline(d[0][reference], color="grey", ls="--", lw=1, label="raw model activations")
+            ax.legend(fontsize=7)
+    ax = axes.flat[len(DIAGNOSTIC_PANELS)]
+    for i, (r, x) in enumerate(zip(runs, d)):
+        lags = sorted(x["autocorrelation"], key=int)
+        ax.plot([int(k) for k in lags], [x["autocorrelation"][k] for k in lags], "o-", color=f"C{i}", label=r["label"])
+    ax.set(xscale="log", xlabel="lag (tokens)", title="feature auto-correlation by lag")
+    _integer_ticks(ax, [1, 2, 4, 8])
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.suptitle("the seeds' diagnostics (held-out text)")
+    return _save(fig, out / "diagnostics.png")
+
+
+def plot_final_metrics(runs, out: Path) -> Path | None:
+    runs = _with_core(runs)
+    if not runs:
+        return None
+    m = [r["info"]["core"]["eval_result_metrics"] for r in runs]
+    panels = [
+        ("final training loss", [r["info"]["training"]["final"]["loss"] for r in runs]),
+        ("training steps", [r["info"]["training"]["n_steps"] for r in runs]),
+        ("explained variance", [x["reconstruction_quality"]["explained_variance"] for x in m]),
+        ("MSE per element", [x["reconstruction_quality"]["mse_per_element"] for x in m]),
+        ("KL-divergence score", [x["model_behavior_preservation"]["kl_div_score"] for x in m]),
+    ]
+    fig, axes = plt.subplots(1, 5, figsize=(20, 4.5))
+    for ax, (title, values) in zip(axes, panels):
+        _bars(ax, runs, values, title)
+    return _save(fig, out / "final_metrics.png")
+
+
+def changed_settings(info: dict) -> str:
+    """Variant settings and budget that differ from the defaults, e.g. "l1_coefficient=1.3"."""
+    try:
+        from trainers import VARIANTS
+        defaults = vars(VARIANTS[info["variant"]].Config())
+    except Exception:  # noqa: BLE001 - a run of a variant this checkout does not have: show everything
+        defaults = {}
+    cfg = info.get("config", {})
+    out = [f"{k}={v}" for k, v in cfg.get("variant_config", {}).items() if defaults.get(k, object()) != v]
+    return ", ".join(out) or "defaults"
+
+
+def write_table(runs, out: Path) -> Path:
+    fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
+    head = ["run", "variant", "settings", "tokens", "L0", "EV", "CE score", "NMI", "silhouette", "MIG",
+            "feat. abs r", "dec. abs cos", "domain-spec.", "forget x retain abs cos", "autocorr lag 1", "firing MI (bits)"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in runs:
+        info, s = r["info"], r["info"].get("summary", {})
+        dg = info.get("diagnostics") if isinstance(info.get("diagnostics"), dict) else {}
+        cells = [r["name"], info.get("variant", "?") + ("" if info.get("status") == "ok" else " (FAILED)"),
+                 changed_settings(info), f"{s.get('n_tokens', 0):,}", fmt(s.get("l0")), fmt(s.get("explained_variance")),
+                 fmt(s.get("ce_loss_score"))] + [fmt(dg.get(k)) for k in (
+                     "nmi", "silhouette", "mig", "feature_corr_mean_abs", "decoder_cos_mean_abs", "domain_specific_share",
+                     "cross_group_decoder_abs_cos")] + [fmt(dg.get("autocorrelation", {}).get("1")), fmt(dg.get("firing_mi_bits"))]
+        rows.append("| " + " | ".join(cells) + " |")
+    path = out / "runs_table.md"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
 def main(argv: list[str]) -> int:
     opts = {"runs_glob": "run_*", "out": "figures"}
     for arg in argv:
@@ -216,8 +330,8 @@ def main(argv: list[str]) -> int:
     out = Path(opts["out"])
     out.mkdir(parents=True, exist_ok=True)
     figures = (plot_training_curves, plot_core_metrics, plot_sparsity, plot_l0_vs_ce, plot_sparse_probing,
-               plot_unlearning, plot_scr_tpp_absorption)
-    written = [p for p in (f(runs, out) for f in figures) if p]
+               plot_unlearning, plot_scr_tpp_absorption, plot_variant_terms, plot_diagnostics, plot_final_metrics)
+    written = [p for p in (f(runs, out) for f in figures) if p] + [write_table(runs, out)]
     print(f"{len(runs)} runs -> " + ", ".join(str(p) for p in written))
     return 0
 

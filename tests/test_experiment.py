@@ -21,7 +21,8 @@ TINY = ["--n_tokens=12800", "--batch_size=128", "--seqs_per_fill=32", "--core_re
         # every eval, each on a tiny budget
         "--evals=all", "--sp_train_per_class=8", "--sp_test_per_class=4", "--probe_context_length=32",
         "--scr_texts_per_cell=24", "--unlearning_sparsity_rows=4", "--unlearning_loss_rows=1",
-        "--unlearning_questions_per_subject=2", "--absorption_words_per_letter=6"]
+        "--unlearning_questions_per_subject=2", "--absorption_words_per_letter=6",
+        "--diag_docs_per_class=6", "--diag_sequences=8", "--diag_domain_texts=8"]
 EVAL_FILES = {"core": "core_eval_results.json", "sparse_probing": "sparse_probing_eval_results.json",
               "unlearning": "unlearning_eval_results.json", "scr": "scr_eval_results.json",
               "tpp": "tpp_eval_results.json"}
@@ -91,6 +92,48 @@ def test_every_eval_writes_its_saebench_json_and_a_sane_summary(tiny_run):
     assert info["absorption"]["status"] in ("ok", "not_applicable") and info["absorption"]["vocabulary_size"] > 0
     assert (run / "artifacts" / "unlearning").is_dir() and (run / "artifacts" / "absorption").is_dir()
     assert list((cwd / "cache").iterdir()), "model-only activation caches are kept for the next run"
+    check_diagnostics(run, info)
+
+
+def check_diagnostics(run, info):
+    dg = info["diagnostics"]
+    assert dg["status"] == "ok"
+    assert 0 <= dg["nmi"] <= 1 and 0 <= dg["llm_nmi"] <= 1 and -1 <= dg["silhouette"] <= 1
+    assert 0 <= dg["mig"] <= 1 and 0 <= dg["feature_corr_mean_abs"] <= 1 and 0 < dg["decoder_cos_mean_abs"] < 1
+    assert set(dg["autocorrelation"]) == {"1", "2", "4", "8"} and dg["firing_mi_bits"] >= 0
+    assert 0 <= dg["domain_specific_share"] <= 1
+    full = json.loads((run / "diagnostics.json").read_text(), parse_constant=no_nan)
+    assert set(full["clustering"]) == {"wiki_topic", "wiki_language", "mt_mbpp_language", "mmlu_subject",
+                                       "wiki_bio_profession", "wiki_topic_x_language"}
+    assert "wiki_topic_x_language:language" in full["mig"]
+
+
+VARIANT_SETTINGS = {"topk": "k=32", "contrastive": "weight=0.5", "orthogonal": "alpha=0.2",
+                    "adversarial": "percentile=80.0", "temporal": "window=8"}
+
+
+@pytest.mark.parametrize("variant", list(VARIANT_SETTINGS))
+def test_each_variant_runs_end_to_end_with_its_term_logged_and_settings_recorded(tmp_path_factory, variant):
+    cwd = tmp_path_factory.mktemp(variant)
+    setting = VARIANT_SETTINGS[variant]
+    args = [a for a in TINY if not a.startswith(("--evals", "--n_tokens"))] + ["--n_tokens=6400", "--evals=core,diagnostics"]
+    proc = run_experiment("--out_dir=run_1", f"--variant={variant}", "--set", f"{variant}.{setting}", *args,
+                          f"--eval_cache_dir={tmp_path_factory.getbasetemp() / 'variant_cache'}", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((cwd / "run_1" / "final_info.json").read_text(), parse_constant=no_nan)
+    key, value = setting.split("=")
+    assert info["status"] == "ok" and info["variant"] == variant
+    assert str(info["config"]["variant_config"][key]) == value
+    curves = info["training"]["curves"]
+    term = {"topk": "auxiliary_reconstruction_loss", "contrastive": "contrastive_loss",
+            "orthogonal": "orthogonality_loss", "adversarial": "adversarial_loss", "temporal": "temporal_loss"}[variant]
+    assert term in curves and len(curves[term]) == len(curves["step"])
+    if variant not in ("orthogonal", "topk"):  # groups / dead features take more than 50 steps to form
+        assert any(curves[term][1:]), f"{term} stayed 0"
+    assert 0 < info["summary"]["l0"] < 4096 and info["core"] is not None
+    check_diagnostics(cwd / "run_1", info)
+    notes = (cwd / "notes.txt").read_text()
+    assert notes.startswith(f"## Run 1: {variant}") and f'"{key}": {value}' in notes and "diagnostics: NMI" in notes
 
 
 def test_rerun_with_overwrite_recomputes_and_another_sae_gives_other_results(tiny_run):
@@ -130,6 +173,8 @@ def test_existing_results_are_not_overwritten_without_the_flag(tiny_run):
         (["--hook=blocks.40.hook_resid_post"], "out of range"),
         (["--set", "relu.nope=1"], "has no setting"),
         (["--n_tokens=ten"], "not a valid int"),
+        (["--variant=temporal", "--set", "temporal.window=0"], "window >= 1"),
+        (["--variant=orthogonal", "--set", "orthogonal.grouping=spectral"], "'threshold' or 'kmeans'"),
     ],
 )
 def test_bad_input_gets_one_clear_line_and_exit_code_2(tmp_path, args, message):

@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def fake_info(variant, l0, with_core=True):
     curves = {"tokens": [256, 512, 768], "loss": [50.0, 30.0, 20.0], "l0": [900.0, 100.0, l0]}
-    info = {"status": "ok", "variant": variant, "training": {"curves": curves, "final": {"dead_frac": 0.05}}, "core": None}
+    info = {"status": "ok", "variant": variant, "core": None, "summary": {"n_tokens": 768, "l0": l0},
+            "training": {"curves": curves, "final": {"dead_frac": 0.05, "loss": 20.0}, "n_steps": 3}}
     if with_core:
         info["core"] = {"eval_result_metrics": {
             "reconstruction_quality": {"explained_variance": 0.9, "mse_per_element": 200.0},
@@ -26,22 +27,36 @@ def with_evals(info, mcq=None, absorption=0.2):
     info["scr"] = {"metric_by_n_latents": {"2": 0.1, "5": 0.2, "10": None}}
     info["tpp"] = {"metric_by_n_latents": {"2": 0.01, "5": 0.05, "10": 0.1}}
     info["absorption"] = {"status": "ok", "mean_absorption_fraction_score": absorption}
+    info["diagnostics"] = {"status": "ok", "nmi": 0.3, "llm_nmi": 0.25, "silhouette": 0.05, "llm_silhouette": 0.04,
+                           "mig": 0.02, "feature_corr_mean_abs": 0.01, "decoder_cos_mean_abs": 0.03,
+                           "domain_specific_share": 0.2, "cross_group_decoder_abs_cos": None, "firing_mi_bits": 0.003,
+                           "autocorrelation": {"1": 0.05, "2": 0.02, "4": 0.015, "8": 0.01}}
+    return info
+
+
+def contrastive_info():
+    info = with_evals(fake_info("contrastive", 40.0), 0.3)
+    info["training"]["curves"]["contrastive_loss"] = [None, 0.4, 0.5]  # a term that starts after step 1
+    info["config"] = {"variant_config": {"l1_coefficient": 1.0, "weight": 0.5}}
     return info
 
 
 def test_plot_writes_every_figure_and_skips_runs_without_core(tmp_path):
-    for name, info in {"run_0": with_evals(fake_info("relu", 34.0)), "run_1": with_evals(fake_info("topk", 48.0), 0.3),
+    for name, info in {"run_0": with_evals(fake_info("relu", 34.0)), "run_1": contrastive_info(),
                        "run_2": fake_info("relu", 20.0, with_core=False)}.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "final_info.json").write_text(json.dumps(info))
     proc = subprocess.run([sys.executable, str(ROOT / "plot.py")], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     for png in ("training_curves.png", "core_metrics.png", "sparsity.png", "l0_vs_ce_loss.png", "sparse_probing.png",
-                "unlearning.png", "scr_tpp_absorption.png"):
+                "unlearning.png", "scr_tpp_absorption.png", "variant_terms.png", "diagnostics.png", "final_metrics.png"):
         path = tmp_path / "figures" / png
         assert path.stat().st_size > 5000
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "3 runs" in proc.stdout
+    table = (tmp_path / "figures" / "runs_table.md").read_text().splitlines()
+    assert len(table) == 2 + 3 and "| run_1 | contrastive | weight=0.5 | 768 | 40 |" in table[3]
+    assert "n/a" in table[3]  # the cross-group cosine that could not be measured
 
 
 def test_plot_without_runs_says_so_in_one_line(tmp_path):

@@ -132,7 +132,12 @@ class AdversarialSAE(VariantSAE):
         return c.weight * scale * penalty
 
 
-def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> AdversarialSAE:
+def check(cfg: Config) -> None:
+    """Settings that cannot work: one clear line (raised before the model is loaded)."""
     require(cfg.weight >= 0 and 0 < cfg.percentile < 100 and 0 <= cfg.ema_decay < 1 and cfg.texts_per_step >= 2,
             "adversarial: weight >= 0, 0 < percentile < 100, 0 <= ema_decay < 1 and texts_per_step >= 2 are required")
+
+
+def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> AdversarialSAE:
+    check(cfg)
     return AdversarialSAE(standard_config(cfg, d_in, d_sae, n_steps, **common), cfg, n_steps)

@@ -127,9 +127,14 @@ class ContrastiveSAE(VariantSAE):
         return coef * nce
 
 
-def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> ContrastiveSAE:
+def check(cfg: Config) -> None:
+    """Settings that cannot work: one clear line (raised before the model is loaded)."""
     require(cfg.weight >= 0 and cfg.temperature > 0 and cfg.head_dim > 0 and cfg.max_offset >= 1,
             "contrastive: weight >= 0, temperature > 0, head_dim > 0 and max_offset >= 1 are required")
     require(0 <= cfg.target_share < 1 and cfg.max_rescale >= 1 and cfg.mix_k >= 1,
             "contrastive: 0 <= target_share < 1, max_rescale >= 1 and mix_k >= 1 are required")
+
+
+def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> ContrastiveSAE:
+    check(cfg)
     return ContrastiveSAE(standard_config(cfg, d_in, d_sae, n_steps, **common), cfg, n_steps)

@@ -124,9 +124,14 @@ class OrthogonalSAE(VariantSAE):
         return c.weight * exp_ramp(step_input.n_training_steps, c.warmup_frac * self.n_steps) * penalty
 
 
-def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> OrthogonalSAE:
+def check(cfg: Config) -> None:
+    """Settings that cannot work: one clear line (raised before the model is loaded)."""
     require(cfg.grouping in ("threshold", "kmeans"),
             f"orthogonal.grouping must be 'threshold' or 'kmeans', not {cfg.grouping!r}")
     require(cfg.weight >= 0 and 0 <= cfg.alpha < 1 and 0 <= cfg.stats_decay < 1,
             "orthogonal: weight >= 0, 0 <= alpha < 1 and 0 <= stats_decay < 1 are required")
+
+
+def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> OrthogonalSAE:
+    check(cfg)
     return OrthogonalSAE(standard_config(cfg, d_in, d_sae, n_steps, **common), cfg, n_steps)

@@ -86,8 +86,13 @@ class TemporalSAE(VariantSAE):
         return term
 
 
-def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> TemporalSAE:
+def check(cfg: Config) -> None:
+    """Settings that cannot work: one clear line (raised before the model is loaded)."""
     require(cfg.weight >= 0 and cfg.temperature > 0 and cfg.window >= 1 and cfg.queue_size >= 1
             and cfg.negatives_per_step >= 1,
             "temporal: weight >= 0, temperature > 0, window >= 1, queue_size >= 1, negatives_per_step >= 1 are required")
+
+
+def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> TemporalSAE:
+    check(cfg)
     return TemporalSAE(standard_config(cfg, d_in, d_sae, n_steps, **common), cfg, n_steps)

@@ -1,0 +1,75 @@
+"""The seeds' diagnostics on hand-made inputs whose values are known."""
+
+import math
+
+import pytest
+import torch
+
+from evals import diagnostics as d
+
+
+def test_mutual_information_is_one_bit_for_a_copy_and_zero_for_independent_codes():
+    labels = torch.tensor([0, 0, 1, 1])
+    codes = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])  # column 0 copies the label, column 1 is independent
+    mi = d.mutual_information_bits(codes, 2, labels, 2)
+    assert mi.tolist() == pytest.approx([1.0, 0.0], abs=1e-12)
+    a = torch.tensor([[True, True], [True, False], [False, True], [False, False]])
+    assert d.binary_mi_bits(a, a[:, [0, 0]]).tolist() == pytest.approx([1.0, 0.0], abs=1e-12)
+    assert d.entropy_bits(torch.tensor([0, 1, 2, 3])) == pytest.approx(2.0)
+
+
+def test_mig_is_one_when_one_feature_encodes_the_factor_and_no_other_does():
+    labels = ["a", "b"] * 10
+    latents = torch.zeros(20, 3)
+    latents[:, 0] = torch.tensor([0.0, 1.0] * 10)  # encodes the label
+    latents[:, 2] = torch.arange(20.0) // 10  # splits the rows in halves: independent of the label
+    r = d.mig(latents, labels)
+    assert r["mig"] == pytest.approx(1.0) and r["top_feature"] == 0 and r["entropy_bits"] == pytest.approx(1.0)
+    latents[:, 1] = latents[:, 0] * 2  # a second feature with the same information: gap 0
+    assert d.mig(latents, labels)["mig"] == pytest.approx(0.0)
+
+
+def test_correlation_and_decoder_cosine_statistics_match_hand_values():
+    t = torch.arange(1.0, 9.0)
+    feats = torch.stack([t, 2 * t, torch.tensor([1.0, 0, 0, 1, 1, 0, 0, 1]) + 1], dim=1)  # r = 1, 0, 0
+    s = d.correlation_stats(feats, min_fires=1)
+    assert s["n_features"] == 3
+    assert s["mean_abs_r"] == pytest.approx(1 / 3) and s["frac_abs_r_above_0.5"] == pytest.approx(1 / 3)
+    w = torch.tensor([[1.0, 0], [0, 1], [1, 1]])  # |cos| pairs: 0, 1/sqrt2, 1/sqrt2
+    c = d.decoder_cosine_stats(w)
+    assert c["mean_abs_cos"] == pytest.approx(2 / (3 * math.sqrt(2)))
+    assert c["mean_max_abs_cos"] == pytest.approx(1 / math.sqrt(2)) and c["frac_abs_cos_above_0.5"] == pytest.approx(2 / 3)
+
+
+def test_domain_separation_counts_domain_specific_features_and_cross_group_cosine():
+    forget = torch.tensor([[1.0, 0, 1, 0]] * 5)  # feature 0 only on forget text, 2 on both, 3 never
+    retain = torch.tensor([[0.0, 1, 1, 0]] * 5)  # feature 1 only on retain text
+    w = torch.tensor([[1.0, 0], [1, 1], [0, 1], [1, 0]])
+    r = d.domain_separation(forget, retain, w, alpha=0.3, min_fires=1)
+    assert (r["n_active"], r["n_forget_specific"], r["n_retain_specific"]) == (3, 1, 1)
+    assert r["domain_specific_share"] == pytest.approx(2 / 3)
+    assert r["cross_group_mean_abs_cos"] == pytest.approx(1 / math.sqrt(2))
+    assert r["cross_group_mean_cos2"] == pytest.approx(0.5)
+
+
+def test_temporal_statistics_of_an_alternating_and_a_constant_run_feature():
+    alternating = torch.tensor([1.0, 0] * 8)  # fires every other token
+    runs = torch.tensor([1.0] * 8 + [0.0] * 8)  # fires on one long run
+    feats = torch.stack([alternating, runs], dim=-1)[None]  # [1 seq, 16 tokens, 2 features]
+    r = d.temporal_stats(feats, lags=(1, 2), min_fires=1)
+    # lag 1: alternating r = -1; runs: pairs (1,1) x7, (1,0) x1, (0,0) x7 -> cov 49/225, var 56/225 each
+    # -> r = 49/56. Mean over the two features:
+    assert r["autocorrelation"]["1"] == pytest.approx((-1 + 49 / 56) / 2)
+    assert r["autocorrelation"]["2"] > 0.5  # alternating has +1 at lag 2
+    # MI(fire_t, fire_t+1): alternating: next = not current -> H(7/15); runs: from the joint above
+    h = -(7 / 15 * math.log2(7 / 15) + 8 / 15 * math.log2(8 / 15))
+    runs_mi = 2 * 7 / 15 * math.log2(15 / 8) + 1 / 15 * math.log2(15 / 64)
+    assert r["firing_mi_bits_t_to_t1"] == pytest.approx((h + runs_mi) / 2)
+
+
+def test_clustering_scores_are_perfect_for_separated_classes():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.tensor([5.0, 0, 0]) + 0.1 * torch.randn(10, 3, generator=g),
+                   torch.tensor([0.0, 5, 0]) + 0.1 * torch.randn(10, 3, generator=g)])
+    s = d.clustering_scores(x, ["a"] * 10 + ["b"] * 10)
+    assert s["nmi"] == pytest.approx(1.0) and s["silhouette"] > 0.9
