@@ -83,3 +83,15 @@ def test_unlearning_corpora_are_disjoint_domains_and_splits():
     assert not set(forget_train) & set(forget_held)
     assert not set(forget_held) & set(retain_held)
     assert len(L.mmlu("virology")) == 189 and {"question", "choices", "answer"} <= set(L.mmlu("virology")[0])
+
+
+def test_translation_pairs_are_the_same_article_in_english_and_french_from_the_training_split():
+    from trainers.contrastive import translation_pairs
+    from trainers.data import is_held_out
+
+    en, fr = translation_pairs(40)
+    assert len(en) == len(fr) == 40 and len(set(en)) == 40
+    titles_en = {d.text: d.title for d in L.wiki_documents("en")}
+    titles_fr = {d.text: d.title for d in L.wiki_documents("fr")}
+    assert all(titles_en[e] == titles_fr[f] for e, f in zip(en, fr))
+    assert not any(is_held_out(e, 10) for e in en)

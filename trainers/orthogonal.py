@@ -32,7 +32,8 @@ class Config(relu.Config):
     warmup_frac: float = 0.1  # penalty ramp 1 - exp(-step / (warmup_frac x steps))
     alpha: float = 0.3  # relative threshold for the forget/retain groups
     grouping: str = "threshold"  # or "kmeans"
-    stats_decay: float = 0.99  # EMA decay of the per-feature, per-domain statistics
+    stats_decay: float = 0.95  # EMA decay of the per-feature, per-domain statistics (time constant ~20 steps: the
+    # dense first steps, when every feature fires in both domains, are forgotten once L1 has warmed up)
     kmeans_iters: int = 10
     forget_topic: str = FORGET_TOPIC
 
