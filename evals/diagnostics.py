@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from evals import labelled_data
 from evals.saebench_glue import write_json_atomic
-from trainers.buffer import text_activations
+from trainers.buffer import hook_layer, text_activations
 from trainers.orthogonal import threshold_groups
 
 LAGS = (1, 2, 4, 8)
@@ -189,7 +189,7 @@ def model_activations(model, hook: str, sets: dict, domains: dict[str, list[str]
     jobs = [("sets", n, s["texts"]) for n, s in sets.items()] + [("domains", n, t) for n, t in domains.items()]
     for kind, name, texts in tqdm(jobs, desc="diagnostics: model activations", unit="set"):
         out[kind][name] = text_activations(model, hook, texts, context_length, batch_size)
-    layer = int(hook.split(".")[1])
+    layer = hook_layer(hook, model.cfg.n_layers)
     chunks = []
     with torch.no_grad():
         for chunk in sequences.split(batch_size):

@@ -157,7 +157,7 @@ class ActivationBuffer:
     def _gather(self, rows: torch.Tensor) -> ActivationBatch:
         slot, t = rows // self.seq_len, rows % self.seq_len
         seq, pos = self.slot_seq[slot], t + 1
-        doc = self.sequences.doc_index.to(self.device)[seq, pos] if len(rows) else rows.clone()
+        doc = self.sequences.doc_index[seq.cpu(), pos.cpu()].to(self.device)  # index on the host: B values move
         return ActivationBatch(acts=self.storage[rows], seq=seq, pos=pos, rows=rows, doc=doc)
 
     def neighbours(self, batch: ActivationBatch, offset: torch.Tensor | int):
