@@ -57,6 +57,16 @@ def _bars(ax, runs, values, title, ylabel=None):
                     va="bottom", fontsize=8)
 
 
+def _bar_row(runs, panels, path: Path, title: str | None = None) -> Path:
+    """One figure, one bar panel per (title, values) pair, side by side."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.5))
+    for ax, (panel_title, values) in zip(axes, panels):
+        _bars(ax, runs, values, panel_title)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -94,11 +104,7 @@ def plot_core_metrics(runs, out: Path) -> Path | None:
         ("CE-loss score", [x["model_performance_preservation"]["ce_loss_score"] for x in m]),
         ("KL-divergence score", [x["model_behavior_preservation"]["kl_div_score"] for x in m]),
     ]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4.5))
-    for ax, (title, values) in zip(axes, panels):
-        _bars(ax, runs, values, title)
-    fig.suptitle("SAEBench core on held-out text")
-    return _save(fig, out / "core_metrics.png")
+    return _bar_row(runs, panels, out / "core_metrics.png", "SAEBench core on held-out text")
 
 
 def plot_sparsity(runs, out: Path) -> Path | None:
@@ -278,14 +284,11 @@ def plot_final_metrics(runs, out: Path) -> Path | None:
         ("MSE per element", [x["reconstruction_quality"]["mse_per_element"] for x in m]),
         ("KL-divergence score", [x["model_behavior_preservation"]["kl_div_score"] for x in m]),
     ]
-    fig, axes = plt.subplots(1, 5, figsize=(20, 4.5))
-    for ax, (title, values) in zip(axes, panels):
-        _bars(ax, runs, values, title)
-    return _save(fig, out / "final_metrics.png")
+    return _bar_row(runs, panels, out / "final_metrics.png")
 
 
 def changed_settings(info: dict) -> str:
-    """Variant settings and budget that differ from the defaults, e.g. "l1_coefficient=1.3"."""
+    """The variant settings that differ from the variant's defaults, e.g. "l1_coefficient=1.3"."""
     try:
         from trainers import VARIANTS
         defaults = vars(VARIANTS[info["variant"]].Config())

@@ -40,8 +40,9 @@ from tqdm.auto import tqdm
 
 from evals import labelled_data
 from evals.saebench_glue import write_json_atomic
-from trainers.buffer import hook_layer, text_activations
+from trainers.buffer import text_activations, token_activations
 from trainers.orthogonal import threshold_groups
+from trainers.variant_sae import normalize
 
 LAGS = (1, 2, 4, 8)
 MIG_BINS = 20
@@ -49,12 +50,8 @@ MIG_BINS = 20
 
 # ---- metrics on plain tensors (unit-tested on hand-made inputs) -----------------------------
 
-def unit(x: torch.Tensor) -> torch.Tensor:
-    return x / (x.norm(dim=-1, keepdim=True) + 1e-8)
-
-
 def clustering_scores(doc_vectors: torch.Tensor, labels: list[str], seed: int = 0) -> dict:
-    x = unit(doc_vectors.double()).numpy()
+    x = normalize(doc_vectors.double()).numpy()
     k = len(set(labels))
     clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
     return {"nmi": float(normalized_mutual_info_score(labels, clusters)),
@@ -117,7 +114,7 @@ def correlation_stats(feats: torch.Tensor, min_fires: int = 5) -> dict:
 
 
 def decoder_cosine_stats(w_dec: torch.Tensor) -> dict:
-    w = unit(w_dec.detach().double())
+    w = normalize(w_dec.detach().double())
     c = (w @ w.T).abs()
     c.fill_diagonal_(0)
     n = len(c)
@@ -138,7 +135,7 @@ def domain_separation(forget_feats: torch.Tensor, retain_feats: torch.Tensor, w_
            "domain_specific_share": (int(forget.sum()) + int(retain.sum())) / n_active if n_active else None,
            "cross_group_mean_abs_cos": None, "cross_group_mean_cos2": None}
     if forget.any() and retain.any():
-        w = unit(w_dec.detach().double())
+        w = normalize(w_dec.detach().double())
         c = w[forget] @ w[retain].T
         out.update(cross_group_mean_abs_cos=float(c.abs().mean()), cross_group_mean_cos2=float(c.pow(2).mean()))
     return out
@@ -189,14 +186,7 @@ def model_activations(model, hook: str, sets: dict, domains: dict[str, list[str]
     jobs = [("sets", n, s["texts"]) for n, s in sets.items()] + [("domains", n, t) for n, t in domains.items()]
     for kind, name, texts in tqdm(jobs, desc="diagnostics: model activations", unit="set"):
         out[kind][name] = text_activations(model, hook, texts, context_length, batch_size)
-    layer = hook_layer(hook, model.cfg.n_layers)
-    chunks = []
-    with torch.no_grad():
-        for chunk in sequences.split(batch_size):
-            _, cache = model.run_with_cache(chunk.to(next(model.parameters()).device), names_filter=[hook],
-                                            stop_at_layer=layer + 1)
-            chunks.append(cache[hook][:, 1:].float().cpu())
-    out["sequences"] = torch.cat(chunks)
+    out["sequences"] = token_activations(model, hook, sequences, batch_size)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(".tmp")
     torch.save(out, tmp)

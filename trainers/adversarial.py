@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainers import relu
-from trainers.variant_sae import require, TextPool, VariantSAE, ema, standard_config, unit_rows
+from trainers.variant_sae import TextPool, VariantSAE, ema, normalize, require
 
 SPURIOUS_ATTRIBUTE = "language"  # of the SCR set: en vs fr
 
@@ -52,7 +52,7 @@ def spurious_set(attribution: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def similarity_to_others(w_dec: torch.Tensor, spurious: torch.Tensor) -> torch.Tensor:
     """|cos| between decoder rows of spurious features [|S|] and the other features: [|S|, n - |S|]."""
-    w = unit_rows(w_dec)
+    w = normalize(w_dec)
     return (w[spurious] @ w[~spurious].T).abs()
 
 
@@ -140,4 +140,4 @@ def check(cfg: Config) -> None:
 
 def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> AdversarialSAE:
     check(cfg)
-    return AdversarialSAE(standard_config(cfg, d_in, d_sae, n_steps, **common), cfg, n_steps)
+    return AdversarialSAE(relu.standard_config(cfg, d_in, d_sae, n_steps, **common), cfg, n_steps)

@@ -192,17 +192,23 @@ def text_activations(model, hook_name: str, texts: list[str], n_tokens: int, bat
 
     Returns (acts [n_texts, n_tokens, d], mask [n_texts, n_tokens]): mask is False on padding of
     texts shorter than n_tokens. Used for the labelled pools of the variants and the diagnostics."""
-    layer = hook_layer(hook_name, model.cfg.n_layers)
-    device = next(model.parameters()).device
     rows = [model.to_tokens(t, prepend_bos=True)[0, : n_tokens + 1] for t in texts]
     lengths = torch.tensor([len(r) - 1 for r in rows])
     tokens = torch.zeros(len(rows), n_tokens + 1, dtype=torch.long)
     for i, r in enumerate(rows):
         tokens[i, : len(r)] = r
     mask = torch.arange(n_tokens)[None, :] < lengths[:, None]
-    out = []
+    return token_activations(model, hook_name, tokens, batch_size) * mask[..., None], mask
+
+
+@torch.no_grad()
+def token_activations(model, hook_name: str, tokens: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """[n_seq, ctx - 1, d] fp32 activations (on the host) at `hook_name` for BOS-first `tokens`
+    [n_seq, ctx], BOS position dropped; the model runs only up to the hooked layer."""
+    layer = hook_layer(hook_name, model.cfg.n_layers)
+    device = next(model.parameters()).device
+    out = [torch.zeros(0, tokens.shape[1] - 1, model.cfg.d_model)]
     for chunk in tokens.split(batch_size):
         _, cache = model.run_with_cache(chunk.to(device), names_filter=[hook_name], stop_at_layer=layer + 1)
         out.append(cache[hook_name][:, 1:].float().cpu())
-    acts = torch.cat(out) if out else torch.zeros(0, n_tokens, model.cfg.d_model)
-    return acts * mask[..., None], mask
+    return torch.cat(out)

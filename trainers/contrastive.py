@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from trainers import relu
-from trainers.variant_sae import (require, TextPool, VariantSAE, ema, info_nce, linear_ramp, neighbour_pairs, normalize,
-                                  standard_config)
+from trainers.variant_sae import TextPool, VariantSAE, ema, info_nce, linear_ramp, neighbour_pairs, normalize, require
 
 
 @dataclass
@@ -137,4 +136,4 @@ def check(cfg: Config) -> None:
 
 def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> ContrastiveSAE:
     check(cfg)
-    return ContrastiveSAE(standard_config(cfg, d_in, d_sae, n_steps, **common), cfg, n_steps)
+    return ContrastiveSAE(relu.standard_config(cfg, d_in, d_sae, n_steps, **common), cfg, n_steps)

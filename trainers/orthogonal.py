@@ -21,7 +21,7 @@ import torch
 
 from evals.labelled_data import FORGET_TOPIC
 from trainers import relu
-from trainers.variant_sae import EPS, VariantSettingError, require, VariantSAE, ema, exp_ramp, standard_config, unit_rows
+from trainers.variant_sae import EPS, VariantSAE, VariantSettingError, ema, exp_ramp, normalize, require
 
 STATS = ("freq", "mean", "sq", "max")
 
@@ -80,7 +80,7 @@ def cross_group_penalty(w_dec: torch.Tensor, forget: torch.Tensor, retain: torch
     """Mean cos^2 between decoder rows of forget-group and retain-group features (0 if a group is empty)."""
     if not forget.any() or not retain.any():
         return w_dec.sum() * 0.0
-    w = unit_rows(w_dec)
+    w = normalize(w_dec)
     return (w[forget] @ w[retain].T).pow(2).mean()
 
 
@@ -135,4 +135,4 @@ def check(cfg: Config) -> None:
 
 def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> OrthogonalSAE:
     check(cfg)
-    return OrthogonalSAE(standard_config(cfg, d_in, d_sae, n_steps, **common), cfg, n_steps)
+    return OrthogonalSAE(relu.standard_config(cfg, d_in, d_sae, n_steps, **common), cfg, n_steps)

@@ -11,13 +11,11 @@ class Config:
     l1_warm_up_frac: float = 0.05  # fraction of steps over which the L1 coefficient ramps from 0
 
 
+def standard_config(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> StandardTrainingSAEConfig:
+    """The baseline's SAE config (L1 penalty and its warm-up); the seed variants start from it too."""
+    return StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=cfg.l1_coefficient,
+                                     l1_warm_up_steps=int(cfg.l1_warm_up_frac * n_steps), **common)
+
+
 def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> StandardTrainingSAE:
-    return StandardTrainingSAE(
-        StandardTrainingSAEConfig(
-            d_in=d_in,
-            d_sae=d_sae,
-            l1_coefficient=cfg.l1_coefficient,
-            l1_warm_up_steps=int(cfg.l1_warm_up_frac * n_steps),
-            **common,
-        )
-    )
+    return StandardTrainingSAE(standard_config(cfg, d_in, d_sae, n_steps, **common))

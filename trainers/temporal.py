@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from trainers import relu
-from trainers.variant_sae import require, VariantSAE, neighbour_pairs, normalize, standard_config
+from trainers.variant_sae import VariantSAE, neighbour_pairs, normalize, require
 
 
 @dataclass
@@ -95,4 +95,4 @@ def check(cfg: Config) -> None:
 
 def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> TemporalSAE:
     check(cfg)
-    return TemporalSAE(standard_config(cfg, d_in, d_sae, n_steps, **common), cfg, n_steps)
+    return TemporalSAE(relu.standard_config(cfg, d_in, d_sae, n_steps, **common), cfg, n_steps)

@@ -18,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
 
-from trainers import relu
-
 EPS = 1e-8
 
 
@@ -48,7 +46,7 @@ class VariantSAE(StandardTrainingSAE):
         term = self.extra_loss(step_input, feature_acts, sae_out, losses)
         if not torch.isfinite(term):  # never hand a NaN to the optimizer: drop the term this step
             self.step_metrics[f"{self.extra_loss_name}_nonfinite"] = 1.0
-            term = feature_acts.sum() * 0.0
+            term = self.zero_term()
         losses[self.extra_loss_name] = term
         return losses
 
@@ -64,12 +62,6 @@ class VariantSAE(StandardTrainingSAE):
         for key in [k for k in out if k.split(".")[0] in self.training_only]:
             del out[key]
         return out
-
-
-def standard_config(cfg: relu.Config, d_in: int, d_sae: int, n_steps: int, **common) -> StandardTrainingSAEConfig:
-    """The baseline's SAE config (same L1 penalty and warm-up): every variant starts from it."""
-    return StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=cfg.l1_coefficient,
-                                     l1_warm_up_steps=int(cfg.l1_warm_up_frac * n_steps), **common)
 
 
 # ---- shared maths ------------------------------------------------------------------------------
@@ -99,11 +91,8 @@ def info_nce(anchors: torch.Tensor, candidates: torch.Tensor, temperature: float
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit L2 norm (a zero row stays zero: eps, never NaN)."""
     return x / (x.norm(dim=-1, keepdim=True) + EPS)
-
-
-def unit_rows(w: torch.Tensor) -> torch.Tensor:
-    return w / (w.norm(dim=-1, keepdim=True) + EPS)
 
 
 def linear_ramp(step: int, ramp_steps: int) -> float:
