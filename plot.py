@@ -24,10 +24,14 @@ import re
 import sys
 from pathlib import Path
 
+import dataclasses
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from trainers import VARIANTS  # noqa: E402
 
 
 def load_runs(pattern: str) -> list[dict]:
@@ -212,11 +216,8 @@ def plot_scr_tpp_absorption(runs, out: Path) -> Path | None:
     return _save(fig, out / "scr_tpp_absorption.png")
 
 
-EXTRA_TERMS = {"contrastive_loss": "contrastive (InfoNCE x dynamic weight)",
-               "orthogonality_loss": "orthogonal (forget x retain decoder cos^2 x ramp)",
-               "adversarial_loss": "adversarial (margin penalty x lambda x max(A-0.5, 0.1))",
-               "temporal_loss": "temporal (InfoNCE over time x weight)",
-               "auxiliary_reconstruction_loss": "topk (AuxK loss for dead features)"}
+# One panel per variant that adds a term to the loss, from the variant registry (its LOSS_TERM).
+EXTRA_TERMS = {m.LOSS_TERM[0]: f"{name} ({m.LOSS_TERM[1]})" for name, m in VARIANTS.items() if m.LOSS_TERM}
 
 
 def plot_variant_terms(runs, out: Path) -> Path | None:
@@ -289,13 +290,10 @@ def plot_final_metrics(runs, out: Path) -> Path | None:
 
 def changed_settings(info: dict) -> str:
     """The variant settings that differ from the variant's defaults, e.g. "l1_coefficient=1.3"."""
-    try:
-        from trainers import VARIANTS
-        defaults = vars(VARIANTS[info["variant"]].Config())
-    except Exception:  # noqa: BLE001 - a run of a variant this checkout does not have: show everything
-        defaults = {}
-    cfg = info.get("config", {})
-    out = [f"{k}={v}" for k, v in cfg.get("variant_config", {}).items() if defaults.get(k, object()) != v]
+    variant = VARIANTS.get(info.get("variant"))
+    defaults = dataclasses.asdict(variant.Config()) if variant else {}  # a variant this checkout lacks: show all
+    settings = info.get("config", {}).get("variant", {})
+    out = [f"{k}={v}" for k, v in settings.items() if defaults.get(k, object()) != v]
     return ", ".join(out) or "defaults"
 
 

@@ -1,8 +1,29 @@
-"""Evaluations: SAEBench wrappers fed with the harness's loaded model and data.
+"""Evaluations, one file each, registered here (they run in this order). evals/ imports trainers/,
+never the other way round.
 
-EVAL_NAMES lists what `--evals` accepts, in the order they run. Autointerp is left out: it needs an
-external LLM API. `diagnostics` are the seeds' own measures (evals/diagnostics.py), not SAEBench's.
+An eval module has:
+- `Settings`: a dataclass of its settings with their defaults; `--set NAME.FIELD=VALUE` sets one and
+  they are recorded in final_info.json under config.evals.NAME;
+- `run(context: EvalContext, settings) -> dict`: measure (the context holds the SAE, the loaded
+  model, held-out text, the output and cache folders), write its own JSON into context.out_dir, and
+  return the summary that goes into final_info.json under its name;
+- `headline(summary) -> str`: the one line of numbers notes.txt gets;
+and, where it has them, `key_numbers(summary) -> dict` (numbers lifted into final_info.json's
+summary) and `failures(summary) -> list[str]` (why this SAE is not a result: the run is marked failed).
+Adding an eval is its file plus one line below.
+
+Autointerp is not offered: it needs an external LLM API. `diagnostics` are the seeds' own measures.
 """
 
-EVAL_NAMES = ("core", "diagnostics", "sparse_probing", "unlearning", "scr", "tpp", "absorption")
+from evals import absorption, core, diagnostics, scr, sparse_probing, tpp, unlearning
+
+EVALS = {
+    "core": core,
+    "diagnostics": diagnostics,
+    "sparse_probing": sparse_probing,
+    "unlearning": unlearning,
+    "scr": scr,
+    "tpp": tpp,
+    "absorption": absorption,
+}
 DEFAULT_EVALS = ("core", "diagnostics", "sparse_probing", "unlearning")

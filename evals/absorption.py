@@ -27,15 +27,23 @@ import functools
 import hashlib
 import json
 import random
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from evals.context import EvalContext
 from evals.saebench_glue import formatted_sae, patched, write_json_atomic
 
 RESULT_FILE = "absorption_eval_results.json"
 TEMPLATE_PROBE = "\n{w} has the first letter:"
+SEED = 42  # SAEBench's default
+
+
+@dataclass
+class Settings:
+    words_per_letter: int = 150  # sampled vocabulary on the embedded default (at full scale: the whole vocabulary)
+    batch_size: int = 32  # prompts per LM forward pass
 
 
 def sample_vocabulary(tokenizer, words_per_letter: int, seed: int) -> list[str]:
@@ -69,27 +77,29 @@ class _LoadedModel:
         return self.model
 
 
-def run_absorption(sae, model, out_dir: Path, artifacts_dir: Path, cache_dir: Path, model_name: str, device: str,
-                   llm_dtype: str, words_per_letter: int = 150, llm_batch_size: int = 32, seed: int = 42) -> dict:
-    """Writes out_dir/absorption_eval_results.json (SAEBench schema) and returns a summary; if too few
+def run(ctx: EvalContext, settings: Settings) -> dict:
+    """Writes absorption_eval_results.json (SAEBench schema) and returns a summary; if too few
     letters have a usable probe, the summary says not applicable, with SAEBench's threshold."""
     import sae_bench.evals.absorption.common as abs_common
     import sae_bench.evals.absorption.feature_absorption as abs_fa
     import sae_bench.evals.absorption.main as abs_main
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
 
-    sae_id, sae = formatted_sae(sae, device)
+    model, model_name, device, seed = ctx.model, ctx.model_name, ctx.device, SEED
+    words_per_letter = settings.words_per_letter if ctx.embedded else 0
+    artifacts_dir = ctx.out_dir / "artifacts" / "absorption"
+    sae_id, sae = formatted_sae(ctx.sae, device)
     layer = sae.cfg.hook_layer
     if sae.cfg.hook_name != f"blocks.{layer}.hook_resid_post":
         return {"status": "not_applicable", "reason": "SAEBench absorption reads hook_resid_post only"}
     vocab = sample_vocabulary(model.tokenizer, words_per_letter, seed)
     key = hashlib.sha1(json.dumps([model_name, sae.cfg.hook_name, vocab]).encode()).hexdigest()[:16]
-    probes_dir = cache_dir / f"absorption-probe-{key}"
+    probes_dir = ctx.cache_dir / f"absorption-probe-{key}"
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     results_dir = artifacts_dir / "results"
     results_dir.mkdir(exist_ok=True)
-    config = AbsorptionEvalConfig(model_name=model_name, random_seed=seed, llm_batch_size=llm_batch_size,
-                                  llm_dtype=llm_dtype, k_sparse_probe_batch_size=128,
+    config = AbsorptionEvalConfig(model_name=model_name, random_seed=seed, llm_batch_size=settings.batch_size,
+                                  llm_dtype=ctx.llm_dtype, k_sparse_probe_batch_size=128,
                                   precalc_k_sparse_probe_sae_acts=True)
     full_forward = model.run_with_cache
 
@@ -123,6 +133,13 @@ def run_absorption(sae, model, out_dir: Path, artifacts_dir: Path, cache_dir: Pa
                 "reason": f"fewer than {config.min_feats_for_eval} letters have a first-letter probe with "
                           f"F1 > {config.min_GT_probe_f1} (SAEBench's threshold); more words per letter may help"}
     data = next(iter(results.values()))
-    write_json_atomic(out_dir / RESULT_FILE, data)
+    write_json_atomic(ctx.out_dir / RESULT_FILE, data)
     m = data["eval_result_metrics"]["mean"]
     return {"status": "ok", **base, **m, "n_letters": len(data["eval_result_details"]), "result_file": RESULT_FILE}
+
+
+def headline(r: dict) -> str:
+    if r.get("status") != "ok":
+        return f"n/a ({r.get('reason')})"
+    return (f"mean absorption fraction {r['mean_absorption_fraction_score']:.3g}, full absorption "
+            f"{r['mean_full_absorption_score']:.3g}")

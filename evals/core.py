@@ -13,20 +13,31 @@ hub dataset by name at full scale). What we add, and why:
   `mse_per_element` (mean over tokens and dimensions) and `mse_per_token_sum`, in model units.
 - `multiple_evals` swallows exceptions and writes nothing; we call the narrow functions, and
   raise if no result file exists afterwards.
+
+The summary in final_info.json is SAEBench's whole result (as in core_eval_results.json).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
-from trainers.data import EMBEDDED_DATASET, TokenSequences
-from trainers.trainer import explained_variance as conventional_explained_variance
+from evals.context import EvalContext
+from trainers.data import EMBEDDED_DATASET
+from trainers.metrics import explained_variance as conventional_explained_variance
 
 RESULT_FILE = "core_eval_results.json"
+
+
+@dataclass
+class Settings:
+    reconstruction_batches: int = 8  # CE/KL: full forward passes through the unembedding, the slow part on a CPU
+    sparsity_variance_batches: int = 16
+    batch_size_prompts: int = 8
 
 
 class EvalFailed(RuntimeError):
@@ -46,20 +57,8 @@ def _reconstruction_over(sae, model, token_batches, hook_name, hook_layer, ignor
     return torch.cat(xs), torch.cat(x_hats)
 
 
-def run_core_eval(
-    sae,
-    model,
-    out_dir: Path,
-    held_out: TokenSequences,
-    dataset_name: str,
-    model_name: str,
-    n_reconstruction_batches: int,
-    n_sparsity_variance_batches: int,
-    batch_size_prompts: int,
-    llm_dtype: str,
-    device: str,
-) -> dict:
-    """Run SAEBench core on `sae`; write out_dir/core_eval_results.json; return its contents."""
+def run(ctx: EvalContext, settings: Settings) -> dict:
+    """Run SAEBench core on the SAE; write core_eval_results.json; return its contents."""
     from datasets import Dataset
     from sae_bench.evals.core.eval_config import CoreEvalConfig
     from sae_bench.evals.core.main import (
@@ -74,10 +73,15 @@ def run_core_eval(
     from sae_bench.sae_bench_utils import general_utils
     from sae_lens.training.activations_store import ActivationsStore
 
-    _, sae, _ = general_utils.load_and_format_sae("harness", sae, device)
-    context_size = held_out.tokens.shape[1]
+    model, device, dataset_name = ctx.model, ctx.device, ctx.dataset
+    n_reconstruction_batches = settings.reconstruction_batches
+    n_sparsity_variance_batches = settings.sparsity_variance_batches
+    batch_size_prompts = settings.batch_size_prompts
+    _, sae, _ = general_utils.load_and_format_sae("harness", ctx.sae, device)
+    context_size = ctx.context_size
     if dataset_name == EMBEDDED_DATASET:
-        dataset = Dataset.from_dict({"tokens": held_out.tokens.tolist()})  # pretokenized, BOS first
+        held_out = ctx.held_out(batch_size_prompts * (n_reconstruction_batches + n_sparsity_variance_batches))
+        dataset = Dataset.from_dict({"tokens": held_out.tolist()})  # pretokenized, BOS first
     else:
         dataset = dataset_name  # SAEBench's behaviour: the hub dataset by name, streamed
     store = ActivationsStore.from_sae(model, sae, dataset=dataset, context_size=context_size, device=device)
@@ -94,8 +98,8 @@ def run_core_eval(
     store.get_batch_tokens = recording_get_batch_tokens
 
     config = CoreEvalConfig(
-        model_name=model_name,
-        llm_dtype=llm_dtype,
+        model_name=ctx.model_name,
+        llm_dtype=ctx.llm_dtype,
         batch_size_prompts=batch_size_prompts,
         n_eval_reconstruction_batches=n_reconstruction_batches,
         n_eval_sparsity_variance_batches=n_sparsity_variance_batches,
@@ -129,9 +133,8 @@ def run_core_eval(
     }
     recon["explained_variance"] = ours["explained_variance"]
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / RESULT_FILE
-    tmp = out_dir / (RESULT_FILE + ".tmp")
+    path = ctx.out_dir / RESULT_FILE
+    tmp = ctx.out_dir / (RESULT_FILE + ".tmp")
     result = {
         "unique_id": "harness_custom_sae",
         "sae_set": "harness",
@@ -156,3 +159,46 @@ def run_core_eval(
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
     return data
+
+
+def key_numbers(result: dict) -> dict:
+    """The headline numbers final_info.json's summary carries."""
+    m = result["eval_result_metrics"]
+    recon = m["reconstruction_quality"]
+    perf = m["model_performance_preservation"]
+    return dict(
+        l0=m["sparsity"]["l0"],
+        l1=m["sparsity"]["l1"],
+        explained_variance=recon["explained_variance"],
+        explained_variance_saebench_about_zero=recon["explained_variance_saebench_about_zero"],
+        mse_per_element=recon["mse_per_element"],
+        mse_saebench=recon["mse"],
+        cossim=recon["cossim"],
+        ce_loss_score=perf["ce_loss_score"],
+        ce_loss_without_sae=perf["ce_loss_without_sae"],
+        ce_loss_with_sae=perf["ce_loss_with_sae"],
+        kl_div_score=m["model_behavior_preservation"]["kl_div_score"],
+        alive_frac_eval=m["misc_metrics"]["frac_alive"],
+    )
+
+
+def failures(result: dict) -> list[str]:
+    """Why this SAE is not a result: every feature off, worse than the mean, a non-finite number."""
+    m = result["eval_result_metrics"]
+    bad = []
+    if m["sparsity"]["l0"] <= 0:
+        bad.append(f"L0 = {m['sparsity']['l0']} (every feature is off)")
+    ev = m["reconstruction_quality"]["explained_variance"]
+    if not math.isfinite(ev) or ev < 0:
+        bad.append(f"explained variance = {ev} (worse than predicting the mean)")
+    for group in m.values():
+        for k, v in group.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                bad.append(f"core {k} is {v}")
+    return bad
+
+
+def headline(result: dict) -> str:
+    n = key_numbers(result)
+    return (f"L0 {n['l0']:.4g}, explained variance {n['explained_variance']:.4g}, CE-loss score {n['ce_loss_score']:.4g}, "
+            f"KL score {n['kl_div_score']:.4g}, MSE/element {n['mse_per_element']:.4g}, alive (eval) {n['alive_frac_eval']:.4g}")

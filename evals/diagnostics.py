@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +39,24 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score, silhouette_score
 from tqdm.auto import tqdm
 
-from evals import labelled_data
+from evals.context import EvalContext
 from evals.saebench_glue import write_json_atomic
-from trainers.buffer import text_activations, token_activations
-from trainers.orthogonal import threshold_groups
-from trainers.variant_sae import normalize
+from trainers import labelled_data
+from trainers.metrics import cosines, domain_groups, masked_mean, normalize
+from trainers.model import text_activations, token_activations
 
 LAGS = (1, 2, 4, 8)
 MIG_BINS = 20
+RESULT_FILE = "diagnostics.json"
+
+
+@dataclass
+class Settings:
+    docs_per_class: int = 30  # labelled texts per class (NMI, silhouette, MIG)
+    sequences: int = 32  # held-out sequences (feature correlation, temporal consistency)
+    domain_texts: int = 64  # held-out forget / retain texts each (domain separation)
+    alpha: float = 0.3  # relative threshold for domain-specific features
+    context_length: int = 64  # tokens per labelled text
 
 
 # ---- metrics on plain tensors (unit-tested on hand-made inputs) -----------------------------
@@ -127,7 +138,7 @@ def domain_separation(forget_feats: torch.Tensor, retain_feats: torch.Tensor, w_
     """forget_feats/retain_feats: token-level features [n, d] of held-out text of each domain."""
     freq_f, freq_r = (forget_feats > 0).double().mean(0), (retain_feats > 0).double().mean(0)
     active = ((forget_feats > 0).sum(0) + (retain_feats > 0).sum(0)) >= min_fires
-    forget, retain = threshold_groups(freq_f, freq_r, alpha)
+    forget, retain = domain_groups(freq_f, freq_r, alpha)
     forget, retain = forget & active, retain & active
     n_active = int(active.sum())
     out = {"alpha": alpha, "n_active": n_active, "n_forget_specific": int(forget.sum()),
@@ -135,8 +146,8 @@ def domain_separation(forget_feats: torch.Tensor, retain_feats: torch.Tensor, w_
            "domain_specific_share": (int(forget.sum()) + int(retain.sum())) / n_active if n_active else None,
            "cross_group_mean_abs_cos": None, "cross_group_mean_cos2": None}
     if forget.any() and retain.any():
-        w = normalize(w_dec.detach().double())
-        c = w[forget] @ w[retain].T
+        w = w_dec.detach().double()
+        c = cosines(w[forget], w[retain])
         out.update(cross_group_mean_abs_cos=float(c.abs().mean()), cross_group_mean_cos2=float(c.pow(2).mean()))
     return out
 
@@ -202,29 +213,26 @@ def encode(sae, acts: torch.Tensor, batch: int = 4096) -> torch.Tensor:
     return out.reshape(*acts.shape[:-1], -1)
 
 
-def pooled(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.float()[..., None]
-    return (feats * m).sum(1) / m.sum(1).clamp_min(1)
-
-
-def run_diagnostics(sae, model, out_dir: Path, cache_dir: Path, model_name: str, held_out_tokens: torch.Tensor,
-                    docs_per_class: int = 30, context_length: int = 64, n_domain_texts: int = 64,
-                    alpha: float = 0.3, batch_size: int = 16) -> dict:
+def run(ctx: EvalContext, settings: Settings) -> dict:
+    """Writes diagnostics.json (the breakdown) and returns the headline numbers."""
+    sae, context_length, alpha = ctx.sae, settings.context_length, settings.alpha
     hook = sae.cfg.metadata.hook_name
-    sets = labelled_sets(docs_per_class)
-    domains = {d: labelled_data.domain_texts(d, "held_out")[:n_domain_texts] for d in ("forget", "retain")}
-    key = hashlib.sha1(json.dumps([model_name, hook, context_length, {n: s["texts"] for n, s in sets.items()},
+    held_out_tokens = ctx.held_out(settings.sequences)
+    sets = labelled_sets(settings.docs_per_class)
+    domains = {d: labelled_data.domain_texts(d, "held_out", ctx.held_out_percent)[:settings.domain_texts]
+               for d in ("forget", "retain")}
+    key = hashlib.sha1(json.dumps([ctx.model_name, hook, context_length, {n: s["texts"] for n, s in sets.items()},
                                    domains, held_out_tokens.tolist()]).encode()).hexdigest()[:16]
-    acts = model_activations(model, hook, sets, domains, held_out_tokens, context_length, batch_size,
-                             cache_dir / f"diagnostics-{key}.pt")
+    acts = model_activations(ctx.model, hook, sets, domains, held_out_tokens, context_length, ctx.model_batch_size,
+                             ctx.cache_dir / f"diagnostics-{key}.pt")
 
     per_set, per_factor = {}, {}
     for name, s in tqdm(sets.items(), desc="diagnostics: labelled sets", unit="set"):
         a, mask = acts["sets"][name]
-        docs = pooled(encode(sae, a), mask)
+        docs = masked_mean(encode(sae, a), mask)
         label = next(iter(s["factors"].values()))
         per_set[name] = {**clustering_scores(docs, label),
-                         **{f"llm_{k}": v for k, v in clustering_scores(pooled(a, mask), label).items()},
+                         **{f"llm_{k}": v for k, v in clustering_scores(masked_mean(a, mask), label).items()},
                          "n_docs": len(label), "n_classes": len(set(label))}
         for factor, labels in s["factors"].items():
             per_factor[f"{name}:{factor}"] = mig(docs, labels)
@@ -242,7 +250,7 @@ def run_diagnostics(sae, model, out_dir: Path, cache_dir: Path, model_name: str,
                  "held_out_sequences": int(held_out_tokens.shape[0]),
                  "held_out_tokens_per_sequence": int(held_out_tokens.shape[1] - 1)},
     }
-    write_json_atomic(out_dir / "diagnostics.json", result)
+    write_json_atomic(ctx.out_dir / RESULT_FILE, result)
     return summarize(result)
 
 
@@ -272,3 +280,13 @@ def summarize(r: dict) -> dict:
         "autocorrelation": r["temporal"]["autocorrelation"],
         "firing_mi_bits": r["temporal"]["firing_mi_bits_t_to_t1"],
     }
+
+
+def headline(r: dict) -> str:
+    fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
+    ac = r["autocorrelation"]
+    return (f"NMI {fmt(r['nmi'])} (LLM {fmt(r['llm_nmi'])}), silhouette {fmt(r['silhouette'])} "
+            f"(LLM {fmt(r['llm_silhouette'])}), MIG {fmt(r['mig'])}, feature |r| "
+            f"{fmt(r['feature_corr_mean_abs'])}, decoder |cos| {fmt(r['decoder_cos_mean_abs'])}, "
+            f"domain-specific {fmt(r['domain_specific_share'])}, autocorr lag1/8 {fmt(ac['1'])}/"
+            f"{fmt(ac['8'])}, firing MI {fmt(r['firing_mi_bits'])} bits")

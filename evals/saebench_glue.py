@@ -52,6 +52,23 @@ def hooks_cleared(model):
         model.reset_hooks()
 
 
+@contextlib.contextmanager
+def features_clamped(model, sae, features, multiplier: float):
+    """SAEBench's unlearning intervention for the duration of the block: the given SAE features are
+    clamped to -multiplier wherever they fire (`modify_model`, `clamp_feature_activation`). No
+    features: the model is left as it is. Every hook is removed afterwards."""
+    import numpy as np
+    from sae_bench.evals.unlearning.utils.metrics import modify_model
+
+    try:
+        if len(features):
+            modify_model(model, sae, intervention_method="clamp_feature_activation",
+                         features_to_ablate=np.ascontiguousarray(features), multiplier=multiplier)
+        yield
+    finally:
+        model.reset_hooks()
+
+
 def formatted_sae(sae, device: str, name: str = "harness"):
     """SAEBench reads cfg.hook_name / cfg.hook_layer, which SAELens 6 keeps under cfg.metadata."""
     from sae_bench.sae_bench_utils import general_utils

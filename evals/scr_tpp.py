@@ -19,16 +19,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+from dataclasses import dataclass
 
-from evals import labelled_data
+from evals.context import EvalContext
 from evals.saebench_glue import formatted_sae, grad_mode_restored, output_common, patched, save_output
+from trainers import labelled_data
 
 N_VALUES = [2, 5, 10, 20, 50]
 SCR_SET = "wiki_topic_x_language"
 SCR_TOPICS = ("People", "Geography")
 SCR_LANGUAGES = ("en", "fr")
 TPP_SET = "wiki_topic"
+SEED = 42  # SAEBench's default
+
+
+@dataclass
+class Settings:
+    texts_per_cell: int = 150  # SCR: texts per (topic, language) cell; TPP: per topic
+    context_length: int = 64  # tokens per text (SAEBench pads to it)
 
 
 def _frame(rows, languages):
@@ -37,10 +45,8 @@ def _frame(rows, languages):
     return pd.DataFrame({"text": [t for t, _ in rows], "topic": [c for _, c in rows], "language": languages})
 
 
-def run_scr_or_tpp(kind: str, sae, model, out_dir: Path, cache_dir: Path, model_name: str, embedded: bool,
-                   device: str, llm_dtype: str, n_per_cell: int = 80, context_length: int = 64,
-                   llm_batch_size: int = 16, seed: int = 42) -> dict:
-    """kind "scr" or "tpp". Writes out_dir/{kind}_eval_results.json; returns a summary."""
+def run_scr_or_tpp(kind: str, ctx: EvalContext, settings: Settings) -> dict:
+    """kind "scr" or "tpp". Writes {kind}_eval_results.json; returns a summary."""
     import sae_bench.evals.scr_and_tpp.dataset_creation as dataset_creation
     import sae_bench.evals.scr_and_tpp.main as scr_main
     import sae_bench.sae_bench_utils.dataset_info as dataset_info
@@ -49,13 +55,15 @@ def run_scr_or_tpp(kind: str, sae, model, out_dir: Path, cache_dir: Path, model_
 
     if kind not in ("scr", "tpp"):
         raise ValueError(kind)
-    sae_id, sae = formatted_sae(sae, device)
-    config = ScrAndTppEvalConfig(model_name=model_name, llm_dtype=llm_dtype, llm_batch_size=llm_batch_size,
-                                 perform_scr=kind == "scr", n_values=N_VALUES, random_seed=seed)
+    model, model_name, device, cache_dir = ctx.model, ctx.model_name, ctx.device, ctx.cache_dir
+    n_per_cell, context_length = settings.texts_per_cell, settings.context_length
+    sae_id, sae = formatted_sae(ctx.sae, device)
+    config = ScrAndTppEvalConfig(model_name=model_name, llm_dtype=ctx.llm_dtype, llm_batch_size=ctx.model_batch_size,
+                                 perform_scr=kind == "scr", n_values=N_VALUES, random_seed=SEED)
     data_description = {"stands_in_for": None}
     metadata, column2, classes = {}, {}, {}
     original = dataset_creation.get_train_test_data
-    if embedded:
+    if ctx.embedded:
         config.context_length = context_length
         if kind == "scr":
             s = labelled_data.topic_language_set(n_per_cell, n_per_cell // 2, SCR_TOPICS, SCR_LANGUAGES)
@@ -125,6 +133,10 @@ def run_scr_or_tpp(kind: str, sae, model, out_dir: Path, cache_dir: Path, model_
             **output_common(config, sae_id, sae))
         headline = {n: flat.get(f"tpp_threshold_{n}_total_metric") for n in N_VALUES}
     result_file = f"{kind}_eval_results.json"
-    save_output(output, out_dir / result_file)
+    save_output(output, ctx.out_dir / result_file)
     return {"metric_by_n_latents": headline, "metrics": flat, "data": data_description,
             "datasets": names, "context_length": config.context_length, "result_file": result_file}
+
+
+def headline(r: dict) -> str:
+    return ", ".join(f"top-{n} {'n/a' if v is None else f'{v:.3g}'}" for n, v in r["metric_by_n_latents"].items())

@@ -15,14 +15,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from pathlib import Path
+from dataclasses import dataclass
 
-from evals import labelled_data
+from evals.context import EvalContext
 from evals.saebench_glue import formatted_sae, output_common, patched, save_output
+from trainers import labelled_data
 
 RESULT_FILE = "sparse_probing_eval_results.json"
 K_VALUES = [1, 2, 5, 10, 20, 50]
 OFFLINE_SETS = ("wiki_topic", "wiki_language", "mt_mbpp_language", "mmlu_subject", "wiki_bio_profession")
+SEED = 42  # SAEBench's default
+
+
+@dataclass
+class Settings:
+    train_per_class: int = 40  # offline sets: texts per class
+    test_per_class: int = 20
+    context_length: int = 64  # tokens per text (SAEBench pads to it)
 
 
 def _activation_cache_key(model_name: str, hook: str, context_length: int, s: labelled_data.LabelledSet) -> str:
@@ -30,11 +39,8 @@ def _activation_cache_key(model_name: str, hook: str, context_length: int, s: la
     return f"{s.name}-{h.hexdigest()[:16]}"
 
 
-def run_sparse_probing(sae, model, out_dir: Path, cache_dir: Path, model_name: str, embedded: bool, device: str,
-                       llm_dtype: str, n_train_per_class: int = 50, n_test_per_class: int = 25,
-                       context_length: int = 64, llm_batch_size: int = 16, seed: int = 42,
-                       set_names=OFFLINE_SETS) -> dict:
-    """Run sparse probing; write out_dir/sparse_probing_eval_results.json; return a summary."""
+def run(ctx: EvalContext, settings: Settings) -> dict:
+    """Run sparse probing; write sparse_probing_eval_results.json; return a summary."""
     import sae_bench.evals.sparse_probing.main as sp_main
     import sae_bench.sae_bench_utils.dataset_info as dataset_info
     import sae_bench.sae_bench_utils.dataset_utils as dataset_utils
@@ -48,13 +54,15 @@ def run_sparse_probing(sae, model, out_dir: Path, cache_dir: Path, model_name: s
     )
     from sae_bench.sae_bench_utils.general_utils import average_results_dictionaries
 
-    sae_id, sae = formatted_sae(sae, device)
-    base = SparseProbingEvalConfig(model_name=model_name, llm_dtype=llm_dtype, llm_batch_size=llm_batch_size,
-                                   k_values=K_VALUES, random_seed=seed)
-    if embedded:
-        sets = {n: labelled_data.PROBING_SETS[n](n_train_per_class, n_test_per_class) for n in set_names}
+    model, model_name, device = ctx.model, ctx.model_name, ctx.device
+    sae_id, sae = formatted_sae(ctx.sae, device)
+    base = SparseProbingEvalConfig(model_name=model_name, llm_dtype=ctx.llm_dtype, llm_batch_size=ctx.model_batch_size,
+                                   k_values=K_VALUES, random_seed=SEED)
+    if ctx.embedded:
+        sets = {n: labelled_data.PROBING_SETS[n](settings.train_per_class, settings.test_per_class)
+                for n in OFFLINE_SETS}
         names = list(sets)
-        base.context_length = context_length
+        base.context_length = settings.context_length
         base.probe_train_set_size = sum(len(s.train) for s in sets.values())
         base.probe_test_set_size = sum(len(s.test) for s in sets.values())
     else:
@@ -75,7 +83,7 @@ def run_sparse_probing(sae, model, out_dir: Path, cache_dir: Path, model_name: s
             config = SparseProbingEvalConfig(**{**dataclasses.asdict(base), "dataset_names": [name]})
             key = _activation_cache_key(model_name, sae.cfg.hook_name, config.context_length, sets[name]) \
                 if name in sets else f"hub-{name.replace('/', '_')}-{model_name.replace('/', '_')}-{sae.cfg.hook_name}"
-            results, classes = sp_main.run_eval_single_sae(config, sae, model, device, str(cache_dir / key),
+            results, classes = sp_main.run_eval_single_sae(config, sae, model, device, str(ctx.cache_dir / key),
                                                            save_activations=True)
             per_dataset[f"{name}_results"] = results[f"{name}_results"]
             per_class.update(classes)
@@ -90,7 +98,7 @@ def run_sparse_probing(sae, model, out_dir: Path, cache_dir: Path, model_name: s
         eval_result_unstructured=per_class,
         **output_common(base, sae_id, sae),
     )
-    save_output(output, out_dir / RESULT_FILE)
+    save_output(output, ctx.out_dir / RESULT_FILE)
     return {
         "datasets": [s.describe() for s in sets.values()] or [{"name": n, "stands_in_for": None} for n in names],
         "chance_accuracy": 0.5,  # every probe is one-vs-rest on a balanced sample
@@ -106,3 +114,9 @@ def run_sparse_probing(sae, model, out_dir: Path, cache_dir: Path, model_name: s
         "context_length": base.context_length,
         "result_file": RESULT_FILE,
     }
+
+
+def headline(r: dict) -> str:
+    return (f"LLM acc {r['llm_test_accuracy']:.3g}, SAE acc {r['sae_test_accuracy']:.3g}, SAE top-1 "
+            f"{r['sae_top_k_test_accuracy']['1']:.3g} (LLM top-1 {r['llm_top_k_test_accuracy']['1']:.3g}), "
+            f"SAE top-5 {r['sae_top_k_test_accuracy']['5']:.3g}")

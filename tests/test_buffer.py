@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from tests.conftest import make_sequences
-from trainers.buffer import ActivationBuffer, BufferError_, hook_layer
+from trainers.buffer import ActivationBuffer
+from trainers.model import ModelError, hook_layer
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -77,9 +78,9 @@ def test_several_hooks_come_from_one_forward_pass_that_stops_after_the_deepest(t
 
 
 def test_hook_outside_the_model_is_refused():
-    with pytest.raises(BufferError_, match="out of range"):
+    with pytest.raises(ModelError, match="out of range"):
         hook_layer("blocks.7.hook_resid_post", n_layers=3)
-    with pytest.raises(BufferError_, match="not a residual-block hook"):
+    with pytest.raises(ModelError, match="not a residual-block hook"):
         hook_layer("embed", n_layers=3)
 
 

@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from evals import labelled_data as L
+from trainers import labelled_data as L
 from trainers.data import DataError
 
 
@@ -77,8 +77,8 @@ def test_topic_language_set_has_all_four_cells_balanced():
 
 
 def test_unlearning_corpora_are_disjoint_domains_and_splits():
-    forget_train, forget_held = L.domain_texts("forget", "train"), L.domain_texts("forget", "held_out")
-    retain_held = L.domain_texts("retain", "held_out")
+    forget_train, forget_held = L.domain_texts("forget", "train", 10), L.domain_texts("forget", "held_out", 10)
+    retain_held = L.domain_texts("retain", "held_out", 10)
     assert len(forget_train) > 500 and len(forget_held) > 50 and len(retain_held) > 200
     assert not set(forget_train) & set(forget_held)
     assert not set(forget_held) & set(retain_held)
@@ -86,12 +86,21 @@ def test_unlearning_corpora_are_disjoint_domains_and_splits():
 
 
 def test_translation_pairs_are_the_same_article_in_english_and_french_from_the_training_split():
-    from trainers.contrastive import translation_pairs
     from trainers.data import is_held_out
 
-    en, fr = translation_pairs(40)
+    en, fr = L.translation_pairs(40, held_out_percent=10)
     assert len(en) == len(fr) == 40 and len(set(en)) == 40
     titles_en = {d.text: d.title for d in L.wiki_documents("en")}
     titles_fr = {d.text: d.title for d in L.wiki_documents("fr")}
     assert all(titles_en[e] == titles_fr[f] for e, f in zip(en, fr))
     assert not any(is_held_out(e, 10) for e in en)
+
+
+def test_held_out_percent_is_honoured_by_the_unlearning_corpora_and_translation_pairs():
+    from trainers.data import is_held_out
+
+    held = L.domain_texts("forget", "held_out", 30)
+    assert len(held) > 2 * len(L.domain_texts("forget", "held_out", 10))
+    assert all(is_held_out(t, 30) for t in held)
+    en, _ = L.translation_pairs(40, held_out_percent=30)
+    assert not any(is_held_out(e, 30) for e in en)

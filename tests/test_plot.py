@@ -37,7 +37,7 @@ def with_evals(info, mcq=None, absorption=0.2):
 def contrastive_info():
     info = with_evals(fake_info("contrastive", 40.0), 0.3)
     info["training"]["curves"]["contrastive_loss"] = [None, 0.4, 0.5]  # a term that starts after step 1
-    info["config"] = {"variant_config": {"l1_coefficient": 1.0, "weight": 0.5}}
+    info["config"] = {"variant": {"l1_coefficient": 1.0, "weight": 0.5}}
     return info
 
 

@@ -6,7 +6,8 @@ from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 from tests.conftest import make_sequences
 from trainers import relu, topk
 from trainers.buffer import ActivationBuffer
-from trainers.trainer import TrainSettings, explained_variance, fold_into_model_space, train_sae
+from trainers.metrics import explained_variance
+from trainers.trainer import TrainSettings, fold_into_model_space, train_sae
 
 HOOK = "blocks.1.hook_resid_post"
 META = dict(model_name="tiny", hook_name=HOOK, hook_layer=1, context_size=9, prepend_bos=True)

@@ -1,6 +1,7 @@
 import pytest
 
-from evals.unlearning import loss_unlearning_score, mcq_unlearning_score
+from evals.unlearning_loss import loss_unlearning_score
+from evals.unlearning_mcq import mcq_unlearning_score
 
 
 def _row(forget, retain, **kw):

@@ -10,12 +10,13 @@ import torch
 from sae_lens import SAE
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 
-from evals.labelled_data import FORGET_TOPIC
 from tests.conftest import make_sequences
 from trainers import VARIANTS, adversarial, contrastive, orthogonal, temporal
 from trainers.buffer import ActivationBuffer
 from trainers.data import Document
-from trainers.trainer import TrainSettings, train_sae
+from trainers.labelled_data import FORGET_TOPIC
+from trainers.metrics import domain_groups
+from trainers.trainer import StepData, TrainSettings, train_sae
 from trainers.variant_sae import TextPool, VariantSettingError, ema, exp_ramp, info_nce, linear_ramp, neighbour_pairs
 
 HOOK = "blocks.1.hook_resid_post"
@@ -56,10 +57,13 @@ class FakeBuffer:
         return self.forget
 
 
-def attach(sae, buffer, n, seq=None):
-    sae.buffer = buffer
-    sae.current_batch = SimpleNamespace(rows=torch.arange(n), seq=torch.arange(n) if seq is None else seq,
-                                        pos=torch.ones(n, dtype=torch.long))
+def attach(sae, buffer, n, seq=None, step=0):
+    """Hand the SAE its step data the way the trainer does (`begin_step`); returns it."""
+    batch = SimpleNamespace(rows=torch.arange(n), seq=torch.arange(n) if seq is None else seq,
+                            pos=torch.ones(n, dtype=torch.long))
+    data = StepData(batch=batch, step=step, source=buffer)
+    sae.begin_step(data)
+    return data
 
 
 def grads_of(sae, term, extra=()):
@@ -84,9 +88,9 @@ def test_neighbour_pairs_are_same_sequence_within_window_never_bos(tiny_model):
     buf = ActivationBuffer(tiny_model, seqs, [HOOK], seqs_per_fill=4)
     torch.manual_seed(0)
     seen = 0
-    for _ in range(6):
+    for step in range(6):
         batch = buf.next_batch(8)
-        idx, acts, offset = neighbour_pairs(batch, buf, window=3)
+        idx, acts, offset = neighbour_pairs(StepData(batch=batch, step=step, source=buf), window=3)
         assert ((offset.abs() >= 1) & (offset.abs() <= 3)).all()
         _, cache = tiny_model.run_with_cache(seqs.tokens[batch.seq[idx]])
         pos = batch.pos[idx] + offset
@@ -105,19 +109,20 @@ def contrastive_sae(**cfg):
     with torch.no_grad():
         sae.head.weight.copy_(torch.eye(2))
         sae.head.bias.zero_()
-    attach(sae, FakeBuffer(torch.tensor([[2.0, 0.0], [0.0, 1.0]])), 2)
-    return sae
+    buffer = FakeBuffer(torch.tensor([[2.0, 0.0], [0.0, 1.0]]))
+    attach(sae, buffer, 2)
+    return sae, buffer
 
 
 def test_contrastive_loss_equals_hand_value_and_reaches_encoder_and_head_not_decoder():
-    sae = contrastive_sae()
+    sae, buffer = contrastive_sae()
     # anchors f = [[1,0],[0,2]], neighbours f = [[2,0],[0,1]]: unit head outputs are e1, e2 for both,
     # logits [[1,0],[0,1]] -> InfoNCE = log(1 + e^-1); term = weight 0.5 x that
     out = sae.training_forward_pass(step_input(torch.tensor([[1.0, 0.0], [0.0, 2.0]])))
     assert out.losses["contrastive_loss"].item() == pytest.approx(0.5 * LOG1PE, rel=1e-5)
     assert out.loss.item() == pytest.approx(out.losses["mse_loss"].item() + 0.5 * LOG1PE, rel=1e-5)
     # hand values sit where relu is flat; gradients are checked off that point
-    sae.buffer.acts = torch.tensor([[2.0, 0.4], [0.2, 1.0]])
+    buffer.acts = torch.tensor([[2.0, 0.4], [0.2, 1.0]])
     out = sae.training_forward_pass(step_input(torch.tensor([[1.0, 0.5], [0.3, 2.0]])))
     g = grads_of(sae, out.losses["contrastive_loss"])
     assert g["W_enc"] and g["b_enc"] and g["head.weight"] and not g["W_dec"]
@@ -127,7 +132,7 @@ def test_contrastive_loss_equals_hand_value_and_reaches_encoder_and_head_not_dec
 def test_feature_mixing_negatives_match_hand_value():
     assert contrastive.mix_top_features(torch.tensor([[3.0, 0, 1, 2]]), torch.tensor([[0.0, 5, 0, 4]]), 2).tolist() \
         == [[0.0, 5, 1, 4]]
-    sae = contrastive_sae(mix_negatives=True, mix_k=1)
+    sae, _ = contrastive_sae(mix_negatives=True, mix_k=1)
     # mixed twins: [[0,2],[1,0]] -> candidates e1, e2, e2, e1: row logits [1,0,0,1] -> log(2 + 2/e)
     out = sae.training_forward_pass(step_input(torch.tensor([[1.0, 0.0], [0.0, 2.0]])))
     assert out.losses["contrastive_loss"].item() == pytest.approx(0.5 * math.log(2 + 2 / math.e), rel=1e-5)
@@ -146,7 +151,7 @@ def test_contrastive_dynamic_weight_ramps_and_keeps_its_share():
 
 def test_threshold_grouping_and_cross_group_penalty_match_hand_values():
     f, r = torch.tensor([0.9, 0.1, 0.5, 0.0, 0.6]), torch.tensor([0.1, 0.9, 0.5, 0.0, 0.4])
-    forget, retain = orthogonal.threshold_groups(f, r, alpha=0.3)
+    forget, retain = domain_groups(f, r, alpha=0.3)
     assert forget.tolist() == [True, False, False, False, False]
     assert retain.tolist() == [False, True, False, False, False]
     w = torch.tensor([[1.0, 0], [0, 1], [2, 2]])  # cos(0,1) = 0, cos(0,2) = 1/sqrt2
@@ -160,7 +165,8 @@ def test_orthogonal_ema_statistics_grouping_and_gradient_only_on_grouped_decoder
     with torch.no_grad():
         sae.W_dec.copy_(torch.tensor([[1.0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 1, 1]]))
     forget = torch.tensor([True, False])
-    attach(sae, FakeBuffer(torch.zeros(2, 4), forget=forget), 2)
+    buffer = FakeBuffer(torch.zeros(2, 4), forget=forget)
+    attach(sae, buffer, 2, step=1)
     x = torch.tensor([[1.0, 0, 1, 0], [0, 1, 1, 0]])  # feature 0 fires on forget, 1 on retain, 2 on both
     out = sae.training_forward_pass(step_input(x, step=1))
     assert sae.stats["forget"]["freq"].tolist() == [1, 0, 1, 0]
@@ -170,6 +176,7 @@ def test_orthogonal_ema_statistics_grouping_and_gradient_only_on_grouped_decoder
     g = grads_of(sae, out.losses["orthogonality_loss"])
     assert g["W_dec"] and not g["W_enc"] and not g["b_enc"] and not g["b_dec"]
     assert sae.W_dec.grad[2:].abs().sum() == 0  # rows of ungrouped features get nothing
+    attach(sae, buffer, 2, step=2)
     sae.training_forward_pass(step_input(torch.zeros(2, 4), step=2))  # nothing fires: EMA halves the freqs
     assert sae.stats["forget"]["freq"].tolist() == [0.5, 0, 0.5, 0]
 
@@ -188,8 +195,9 @@ def test_kmeans_grouping_separates_forget_and_retain_features():
 
 def test_orthogonal_refuses_data_without_the_forget_domain():
     sae = identity_sae("orthogonal")
-    attach(sae, FakeBuffer(torch.zeros(1, 2), forget=torch.tensor([False])), 1)
-    sae.buffer.sequences.documents = [Document("r", topic="Arts")]
+    buffer = FakeBuffer(torch.zeros(1, 2), forget=torch.tensor([False]))
+    buffer.sequences.documents = [Document("r", topic="Arts")]
+    attach(sae, buffer, 1)
     with pytest.raises(VariantSettingError, match="domain-tagged"):
         sae.training_forward_pass(step_input(torch.ones(1, 2)))
 
@@ -259,7 +267,8 @@ def test_negative_queue_is_circular():
 
 def test_temporal_term_uses_queue_negatives_and_reaches_encoder_not_decoder():
     sae = identity_sae("temporal", weight=1.0, temperature=1.0, window=2, queue_size=8, negatives_per_step=8)
-    attach(sae, FakeBuffer(torch.tensor([[2.0, 0.0]])), 1, seq=torch.tensor([3]))
+    buffer = FakeBuffer(torch.tensor([[2.0, 0.0]]))
+    attach(sae, buffer, 1, seq=torch.tensor([3]))
     x = torch.tensor([[1.0, 0.0]])
     out = sae.training_forward_pass(step_input(x))
     assert out.losses["temporal_loss"].item() == 0.0 and sae.queue.filled == 1  # empty queue: no term yet
@@ -267,7 +276,7 @@ def test_temporal_term_uses_queue_negatives_and_reaches_encoder_not_decoder():
     out = sae.training_forward_pass(step_input(x))
     # positive cos 1, negatives: [0,1] (other sequence) -> 0; [1,0] (own sequence 3) masked
     assert out.losses["temporal_loss"].item() == pytest.approx(LOG1PE, rel=1e-5)
-    sae.buffer.acts = torch.tensor([[2.0, 0.5]])  # off the flat point of relu, for the gradient check
+    buffer.acts = torch.tensor([[2.0, 0.5]])  # off the flat point of relu, for the gradient check
     out = sae.training_forward_pass(step_input(torch.tensor([[1.0, 0.3]])))
     g = grads_of(sae, out.losses["temporal_loss"])
     assert g["W_enc"] and not g["W_dec"]
@@ -275,13 +284,25 @@ def test_temporal_term_uses_queue_negatives_and_reaches_encoder_not_decoder():
 
 # ---- every variant through the shared trainer ---------------------------------------------------
 
-@pytest.mark.parametrize("variant", ["contrastive", "orthogonal", "adversarial", "temporal"])
+SEED_VARIANTS = [name for name, m in VARIANTS.items() if m.LOSS_TERM and name != "topk"]  # the VariantSAE ones
+
+
+def test_a_variant_that_was_not_handed_its_step_data_says_so():
+    sae = identity_sae("temporal")
+    with pytest.raises(RuntimeError, match="begin_step"):
+        sae.training_forward_pass(step_input(torch.ones(1, 2)))
+
+
+@pytest.mark.parametrize("variant", SEED_VARIANTS)
 def test_variant_trains_with_the_shared_trainer_logs_its_term_and_saves_a_standard_sae(tiny_model, variant, tmp_path):
     seqs = make_sequences(n_seq=16)
     seqs.documents = [Document(d.text, topic=FORGET_TOPIC if i % 3 == 0 else "Arts") for i, d in enumerate(seqs.documents)]
     buf = ActivationBuffer(tiny_model, seqs, [HOOK], seqs_per_fill=4)
     mod = VARIANTS[variant]
-    cfg = mod.Config(weight=1.0, **({"texts_per_step": 4} if variant == "adversarial" else {}))
+    cfg = mod.Config()
+    cfg.weight = 1.0  # a term strong enough to move the SAE in 12 steps
+    if variant == "adversarial":
+        cfg.texts_per_step = 4
     sae = mod.build_sae(cfg, 16, 32, 12, decoder_init_norm=1.0, metadata=SAEMetadata(**META))
     if variant == "adversarial":  # the tiny model has no tokenizer: a labelled pool of random activations
         sae.pool = TextPool(torch.randn(8, 4, 16) * 4, torch.ones(8, 4, dtype=torch.bool))

@@ -1,8 +1,18 @@
-"""SAE training: the buffer, the trainer, and one file per variant, registered here."""
+"""SAE training: models, text and labelled data, the activation buffer, the training loop, and one
+file per variant, registered here. Nothing in trainers/ imports evals/.
+
+A variant module has:
+- `Config`: a dataclass of its settings with their defaults (`--set NAME.FIELD=VALUE` sets one);
+- `check(cfg)`: raise `variant_sae.VariantSettingError` for settings that cannot work (called once,
+  when the command line is parsed, before anything loads);
+- `build_sae(cfg, d_in, d_sae, n_steps, **common)`: its SAELens training SAE; one that needs more
+  than its input rows (neighbours, domain tags, labelled text) defines `begin_step(StepData)`;
+- `LOSS_TERM`: (name in the training curves, what it is) of the term it adds to the loss, or None.
+Adding a variant is its file plus one line below; plot.py and the tests take their lists from here.
+"""
 
 from trainers import adversarial, contrastive, orthogonal, relu, temporal, topk
 
-# name -> module with `Config` (its hyperparameters and defaults) and `build_sae(...)`.
 VARIANTS = {
     "relu": relu,
     "topk": topk,

@@ -24,8 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainers import relu
-from trainers.variant_sae import TextPool, VariantSAE, ema, normalize, require
+from trainers.labelled_data import topic_language_set
+from trainers.metrics import cosines
+from trainers.trainer import StepData
+from trainers.variant_sae import TextPool, VariantSAE, ema, require
 
+LOSS_TERM = ("adversarial_loss", "margin penalty x lambda x max(A-0.5, 0.1)")
 SPURIOUS_ATTRIBUTE = "language"  # of the SCR set: en vs fr
 
 
@@ -52,8 +56,7 @@ def spurious_set(attribution: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def similarity_to_others(w_dec: torch.Tensor, spurious: torch.Tensor) -> torch.Tensor:
     """|cos| between decoder rows of spurious features [|S|] and the other features: [|S|, n - |S|]."""
-    w = normalize(w_dec)
-    return (w[spurious] @ w[~spurious].T).abs()
+    return cosines(w_dec[spurious], w_dec[~spurious]).abs()
 
 
 def margin_penalty(sims: torch.Tensor, margin: float) -> torch.Tensor:
@@ -61,8 +64,6 @@ def margin_penalty(sims: torch.Tensor, margin: float) -> torch.Tensor:
 
 
 def spurious_labelled_texts(texts_per_cell: int) -> tuple[list[str], torch.Tensor]:
-    from evals.labelled_data import topic_language_set
-
     s = topic_language_set(n_train=texts_per_cell, n_test=2)
     texts = [t for t, _ in s.train]
     labels = torch.tensor([lang == "fr" for lang in s.extra_train[SPURIOUS_ATTRIBUTE]], dtype=torch.float32)
@@ -102,11 +103,11 @@ class AdversarialSAE(VariantSAE):
         self.labels: torch.Tensor | None = None
         self.accuracy = self.threshold = self.sim_mean = self.sim_std = None
 
-    def extra_loss(self, step_input, feature_acts, sae_out, losses) -> torch.Tensor:
+    def extra_loss(self, data: StepData, step_input, feature_acts, sae_out, losses) -> torch.Tensor:
         c = self.variant_cfg
         if self.pool is None:
             texts, labels = spurious_labelled_texts(c.texts_per_cell)
-            self.pool = TextPool.build(self.buffer, texts, c.tokens_per_text)
+            self.pool = TextPool.build(data, texts, c.tokens_per_text)
             self.labels = labels.to(self.pool.acts.device)
         idx = torch.randperm(len(self.labels))[: c.texts_per_step].to(self.labels.device)
         with torch.no_grad():
@@ -134,10 +135,10 @@ class AdversarialSAE(VariantSAE):
 
 def check(cfg: Config) -> None:
     """Settings that cannot work: one clear line (raised before the model is loaded)."""
+    relu.check(cfg)
     require(cfg.weight >= 0 and 0 < cfg.percentile < 100 and 0 <= cfg.ema_decay < 1 and cfg.texts_per_step >= 2,
             "adversarial: weight >= 0, 0 < percentile < 100, 0 <= ema_decay < 1 and texts_per_step >= 2 are required")
 
 
 def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> AdversarialSAE:
-    check(cfg)
     return AdversarialSAE(relu.standard_config(cfg, d_in, d_sae, n_steps, **common), cfg, n_steps)

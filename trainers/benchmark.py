@@ -1,8 +1,9 @@
 """Throughput benchmark of the training stage (a script that prints numbers, not a test).
 
-    python -m trainers.benchmark [--n_tokens=40000] [--model=...] [--hook=...]
+    python -m trainers.benchmark [--n_tokens=40000] [--model=...] [--hook=...] [--variant=... --set VARIANT.FIELD=V]
 
-In one process, on the same model, hook and batch shapes as experiment.py's defaults, it measures
+It takes experiment.py's flags for what to train, training and the system (same sections, same
+defaults). In one process, on the same model, hook and batch shapes as experiment.py, it measures
 tokens/s of (1) the bare LM forward pass stopped right after the hooked layer, (2) for contrast the
 full forward pass through the unembedding, which the training path never runs, (3) the SAE
 training step alone on activations already in memory, and (4) the whole training stage (buffer
@@ -11,22 +12,22 @@ refills + SAE steps), and prints the ratio of (4) to (1).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if __name__ == "__main__":  # offline, before transformers/datasets are imported (they read it at import)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import experiment  # noqa: E402
 from trainers import VARIANTS  # noqa: E402
-from trainers.buffer import ActivationBuffer, hook_layer  # noqa: E402
+from trainers.buffer import ActivationBuffer  # noqa: E402
+from trainers.config import System, Target, UsageError, set_flag, set_named, split_args  # noqa: E402
 from trainers.data import build_sequences  # noqa: E402
-from trainers.model import load_model, pick_device, pick_dtype  # noqa: E402
+from trainers.model import hook_layer, load_model, pick_device, pick_dtype  # noqa: E402
 from trainers.trainer import TrainSettings, train_sae  # noqa: E402
 
 
@@ -40,48 +41,61 @@ def timed(fn, n_tokens: int) -> float:
     return n_tokens / (time.perf_counter() - start)
 
 
+def parse(argv: list[str]):
+    """experiment.py's sections for what to train, training and the system; --n_tokens is the
+    benchmark's budget per measurement (default 40,000)."""
+    flags, sets = split_args(argv)
+    target, training, system = Target(), TrainSettings(n_tokens=40_000), System()
+    for key, value in flags:
+        set_flag([target, training, system], key, value)
+    if target.variant not in VARIANTS:
+        raise UsageError(f"unknown variant {target.variant!r}; choose one of {', '.join(VARIANTS)}")
+    target.resolve()
+    variant_cfg = VARIANTS[target.variant].Config()
+    for item in sets:
+        set_named({target.variant: variant_cfg}, item, {})
+    VARIANTS[target.variant].check(variant_cfg)
+    return target, training, system, variant_cfg
+
+
 def main(argv: list[str]) -> int:
-    bench_tokens = 40_000
-    rest = []
-    for arg in argv:
-        if arg.startswith("--n_tokens="):
-            bench_tokens = int(arg.split("=", 1)[1])
-        else:
-            rest.append(arg)
-    cfg = experiment.parse_args(rest + ["--n_tokens=1000000"])
-    device = pick_device(cfg.device)
+    target, training, system, variant_cfg = parse(argv)
+    bench_tokens = training.n_tokens
+    device = pick_device(system.device)
     if device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
-    model = load_model(cfg.model, device=device, dtype=pick_dtype(cfg.dtype, device))
-    layer = hook_layer(cfg.hook, model.cfg.n_layers)
-    seqs = build_sequences(cfg.dataset, model.tokenizer, "train", cfg.context_size, max_tokens=4 * bench_tokens)
-    mb, ctx = cfg.model_batch_size, cfg.context_size
-    print(f"model {cfg.model} on {device}, hook {cfg.hook} (stop_at_layer={layer + 1} of {model.cfg.n_layers}), "
-          f"LM batch {mb} x {ctx} tokens, SAE batch {cfg.batch_size} x d_in {model.cfg.d_model} -> d_sae {cfg.d_sae}, "
-          f"{torch.get_num_threads()} threads")
+    model = load_model(target.model, device=device, dtype=pick_dtype(system.dtype, device))
+    layer = hook_layer(target.hook, model.cfg.n_layers)
+    seqs = build_sequences(target.dataset, model.tokenizer, "train", target.context_size, max_tokens=4 * bench_tokens,
+                           held_out_percent=target.held_out_percent)
+    mb, ctx, hook = training.model_batch_size, target.context_size, target.hook
+    print(f"model {target.model} on {device}, hook {hook} (stop_at_layer={layer + 1} of {model.cfg.n_layers}), "
+          f"LM batch {mb} x {ctx} tokens, SAE batch {training.batch_size} x d_in {model.cfg.d_model} -> "
+          f"d_sae {target.d_sae}, {torch.get_num_threads()} threads")
 
     n_fwd = max(1, bench_tokens // (mb * ctx))
     batches = [seqs.tokens[i * mb:(i + 1) * mb].to(device) for i in range(n_fwd)]
     with torch.no_grad():
-        model.run_with_cache(batches[0], names_filter=[cfg.hook], stop_at_layer=layer + 1)  # warm-up
-        fwd = timed(lambda: [model.run_with_cache(b, names_filter=[cfg.hook], stop_at_layer=layer + 1) for b in batches],
+        model.run_with_cache(batches[0], names_filter=[hook], stop_at_layer=layer + 1)  # warm-up
+        fwd = timed(lambda: [model.run_with_cache(b, names_filter=[hook], stop_at_layer=layer + 1) for b in batches],
                     n_fwd * mb * ctx)
         full = timed(lambda: model(batches[0]), mb * ctx)
     print(f"(1) LM forward up to the hooked layer : {fwd:10.0f} tokens/s")
     print(f"(2) LM full forward, for contrast      : {full:10.0f} tokens/s (the training path never runs it)")
 
-    variant = VARIANTS[cfg.variant]
-    settings = TrainSettings(n_tokens=bench_tokens, batch_size=cfg.batch_size, lr=cfg.lr, log_every=10**9)
+    variant = VARIANTS[target.variant]
+    settings = dataclasses.replace(training, log_every=10**9)
+    batch_size = settings.batch_size
 
     def new_sae():
-        return variant.build_sae(variant.Config(**cfg.variant_config), model.cfg.d_model, cfg.d_sae, settings.n_steps,
+        return variant.build_sae(variant_cfg, model.cfg.d_model, target.d_sae, settings.n_steps,
                                  decoder_init_norm=1.0, device=device)
 
     # (3) SAE step alone: the buffer is pre-filled with enough rows, so no LM work is timed
     class Prefilled:
         def __init__(self, buffer, n_rows):
             self.inner = buffer
-            self.batches = [buffer.next_batch(cfg.batch_size) for _ in range(n_rows // cfg.batch_size)]
+            self.batches = [buffer.next_batch(batch_size) for _ in range(n_rows // batch_size)]
             self.i = 0
 
         def next_batch(self, _):
@@ -91,13 +105,13 @@ def main(argv: list[str]) -> int:
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-    pre = Prefilled(ActivationBuffer(model, seqs, [cfg.hook], seqs_per_fill=cfg.seqs_per_fill,
-                                     model_batch_size=mb), 8 * cfg.batch_size)
-    step = timed(lambda: train_sae(new_sae(), pre, settings), settings.n_steps * cfg.batch_size)
+    pre = Prefilled(ActivationBuffer(model, seqs, [hook], seqs_per_fill=settings.seqs_per_fill,
+                                     model_batch_size=mb), 8 * batch_size)
+    step = timed(lambda: train_sae(new_sae(), pre, settings), settings.n_steps * batch_size)
     print(f"(3) SAE training step alone            : {step:10.0f} tokens/s")
 
-    buffer = ActivationBuffer(model, seqs, [cfg.hook], seqs_per_fill=cfg.seqs_per_fill, model_batch_size=mb)
-    whole = timed(lambda: train_sae(new_sae(), buffer, settings), settings.n_steps * cfg.batch_size)
+    buffer = ActivationBuffer(model, seqs, [hook], seqs_per_fill=settings.seqs_per_fill, model_batch_size=mb)
+    whole = timed(lambda: train_sae(new_sae(), buffer, settings), settings.n_steps * batch_size)
     print(f"(4) whole training stage               : {whole:10.0f} tokens/s")
     print(f"ratio (4)/(1) = {whole / fwd:.2f}   (1/(1/(1)+1/(3)) = {1 / (1 / fwd + 1 / step) / fwd:.2f} if the two "
           f"simply add up; BOS tokens are computed but not trained on: {(ctx - 1) / ctx:.3f})")
@@ -105,4 +119,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

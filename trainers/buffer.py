@@ -16,26 +16,16 @@ Activations are multiplied by a per-hook scale so that E||x|| = sqrt(d_model) (S
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
 
 from trainers.data import TokenSequences
+from trainers.model import hook_layer
 
 
 class BufferError_(ValueError):
-    """Bad hook/layer settings (reported as one line, exit code 2)."""
-
-
-def hook_layer(hook_name: str, n_layers: int) -> int:
-    match = re.fullmatch(r"blocks\.(\d+)\.hook_[a-z_]+", hook_name)
-    if not match:
-        raise BufferError_(f"hook {hook_name!r} is not a residual-block hook like blocks.6.hook_resid_post")
-    layer = int(match.group(1))
-    if not 0 <= layer < n_layers:
-        raise BufferError_(f"layer {layer} in hook {hook_name!r} is out of range: the model has layers 0..{n_layers - 1}")
-    return layer
+    """Buffer settings that cannot work (reported as one line, exit code 2)."""
 
 
 @dataclass
@@ -184,31 +174,3 @@ class ActivationBuffer:
         self.ensure_started()
         filled = self.slot_seq.repeat_interleave(self.seq_len) >= 0
         return self.storage[filled, hook_index].float().mean(dim=0)
-
-
-@torch.no_grad()
-def text_activations(model, hook_name: str, texts: list[str], n_tokens: int, batch_size: int = 16):
-    """Activations at `hook_name` for the first `n_tokens` tokens of each text (BOS dropped).
-
-    Returns (acts [n_texts, n_tokens, d], mask [n_texts, n_tokens]): mask is False on padding of
-    texts shorter than n_tokens. Used for the labelled pools of the variants and the diagnostics."""
-    rows = [model.to_tokens(t, prepend_bos=True)[0, : n_tokens + 1] for t in texts]
-    lengths = torch.tensor([len(r) - 1 for r in rows])
-    tokens = torch.zeros(len(rows), n_tokens + 1, dtype=torch.long)
-    for i, r in enumerate(rows):
-        tokens[i, : len(r)] = r
-    mask = torch.arange(n_tokens)[None, :] < lengths[:, None]
-    return token_activations(model, hook_name, tokens, batch_size) * mask[..., None], mask
-
-
-@torch.no_grad()
-def token_activations(model, hook_name: str, tokens: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """[n_seq, ctx - 1, d] fp32 activations (on the host) at `hook_name` for BOS-first `tokens`
-    [n_seq, ctx], BOS position dropped; the model runs only up to the hooked layer."""
-    layer = hook_layer(hook_name, model.cfg.n_layers)
-    device = next(model.parameters()).device
-    out = [torch.zeros(0, tokens.shape[1] - 1, model.cfg.d_model)]
-    for chunk in tokens.split(batch_size):
-        _, cache = model.run_with_cache(chunk.to(device), names_filter=[hook_name], stop_at_layer=layer + 1)
-        out.append(cache[hook_name][:, 1:].float().cpu())
-    return torch.cat(out)

@@ -22,7 +22,12 @@ import torch
 from torch import nn
 
 from trainers import relu
-from trainers.variant_sae import TextPool, VariantSAE, ema, info_nce, linear_ramp, neighbour_pairs, normalize, require
+from trainers.labelled_data import translation_pairs
+from trainers.metrics import normalize
+from trainers.trainer import StepData
+from trainers.variant_sae import TextPool, VariantSAE, ema, info_nce, linear_ramp, neighbour_pairs, require
+
+LOSS_TERM = ("contrastive_loss", "InfoNCE x dynamic weight")
 
 
 @dataclass
@@ -52,17 +57,6 @@ def mix_top_features(h: torch.Tensor, partner: torch.Tensor, k: int) -> torch.Te
     return h.scatter(-1, own, 0.0).scatter(-1, theirs.indices, theirs.values)
 
 
-def translation_pairs(n: int) -> tuple[list[str], list[str]]:
-    """(english, french) summaries of the same articles (same title), training split only."""
-    from evals.labelled_data import wiki_documents
-    from trainers.data import is_held_out
-
-    fr = {d.title: d.text for d in wiki_documents("fr")}
-    pairs = [(d.text, fr[d.title]) for d in wiki_documents("en") if d.title in fr and not is_held_out(d.text, 10)]
-    pairs = pairs[:: max(1, len(pairs) // n)][:n]
-    return [e for e, _ in pairs], [f for _, f in pairs]
-
-
 class ContrastiveSAE(VariantSAE):
     extra_loss_name = "contrastive_loss"
     training_only = ("head",)
@@ -76,9 +70,9 @@ class ContrastiveSAE(VariantSAE):
     def project(self, feats: torch.Tensor) -> torch.Tensor:
         return normalize(self.head(feats))
 
-    def neighbour_nce(self, feature_acts: torch.Tensor) -> torch.Tensor | None:
+    def neighbour_nce(self, data: StepData, feature_acts: torch.Tensor) -> torch.Tensor | None:
         c = self.variant_cfg
-        idx, pos_acts, _ = neighbour_pairs(self.current_batch, self.buffer, c.max_offset)
+        idx, pos_acts, _ = neighbour_pairs(data, c.max_offset)
         if len(idx) < 2:
             return None
         anchors = feature_acts[idx]
@@ -87,12 +81,12 @@ class ContrastiveSAE(VariantSAE):
             candidates.append(self.project(mix_top_features(anchors, anchors.roll(1, 0), c.mix_k)))
         return info_nce(self.project(anchors), torch.cat(candidates), c.temperature)
 
-    def semantic_nce(self) -> torch.Tensor:
+    def semantic_nce(self, data: StepData) -> torch.Tensor:
         c = self.variant_cfg
         if self.semantic_pool is None:
-            en, fr = translation_pairs(c.semantic_pairs)
-            self.semantic_pool = (TextPool.build(self.buffer, en, c.semantic_tokens),
-                                  TextPool.build(self.buffer, fr, c.semantic_tokens))
+            en, fr = translation_pairs(c.semantic_pairs, data.held_out_percent)
+            self.semantic_pool = (TextPool.build(data, en, c.semantic_tokens),
+                                  TextPool.build(data, fr, c.semantic_tokens))
         en, fr = self.semantic_pool
         idx = torch.randperm(len(en.acts))[: c.semantic_pairs_per_step].to(en.acts.device)
         return info_nce(self.project(en.pooled_features(self, idx)), self.project(fr.pooled_features(self, idx)),
@@ -109,25 +103,26 @@ class ContrastiveSAE(VariantSAE):
             rescale = min(max(wanted, 1 / c.max_rescale), c.max_rescale)
         return c.weight * linear_ramp(step, int(c.curriculum_frac * self.n_steps)) * rescale
 
-    def extra_loss(self, step_input, feature_acts, sae_out, losses) -> torch.Tensor:
+    def extra_loss(self, data: StepData, step_input, feature_acts, sae_out, losses) -> torch.Tensor:
         c = self.variant_cfg
-        nce = self.neighbour_nce(feature_acts)
+        nce = self.neighbour_nce(data, feature_acts)
         if nce is None:
             return self.zero_term()
         self.step_metrics["infonce_neighbours"] = nce.item()
         if c.semantic_positives:
-            sem = self.semantic_nce()
+            sem = self.semantic_nce(data)
             self.step_metrics["infonce_semantic"] = sem.item()
             nce = nce + sem
         with torch.no_grad():
             rest = (sae_out - step_input.sae_in).pow(2).sum(-1).mean() + sum(losses.values())
-        coef = self.coefficient(step_input.n_training_steps, rest.item(), nce.item())
+        coef = self.coefficient(data.step, rest.item(), nce.item())
         self.step_metrics["contrastive_coefficient"] = coef
         return coef * nce
 
 
 def check(cfg: Config) -> None:
     """Settings that cannot work: one clear line (raised before the model is loaded)."""
+    relu.check(cfg)
     require(cfg.weight >= 0 and cfg.temperature > 0 and cfg.head_dim > 0 and cfg.max_offset >= 1,
             "contrastive: weight >= 0, temperature > 0, head_dim > 0 and max_offset >= 1 are required")
     require(0 <= cfg.target_share < 1 and cfg.max_rescale >= 1 and cfg.mix_k >= 1,
@@ -135,5 +130,4 @@ def check(cfg: Config) -> None:
 
 
 def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> ContrastiveSAE:
-    check(cfg)
     return ContrastiveSAE(relu.standard_config(cfg, d_in, d_sae, n_steps, **common), cfg, n_steps)

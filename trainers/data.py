@@ -47,6 +47,7 @@ class TokenSequences:
     doc_index: torch.Tensor
     documents: list[Document]
     source: str
+    held_out_percent: int = 10  # the document split these sequences come from
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -154,4 +155,5 @@ def build_sequences(
         doc_index=torch.tensor(row_docs, dtype=torch.int32),
         documents=documents,
         source=dataset,
+        held_out_percent=held_out_percent,
     )

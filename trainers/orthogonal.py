@@ -19,9 +19,13 @@ from dataclasses import dataclass
 
 import torch
 
-from evals.labelled_data import FORGET_TOPIC
 from trainers import relu
-from trainers.variant_sae import EPS, VariantSAE, VariantSettingError, ema, exp_ramp, normalize, require
+from trainers.labelled_data import FORGET_TOPIC
+from trainers.metrics import EPS, cosines, domain_groups, forget_share
+from trainers.trainer import StepData
+from trainers.variant_sae import VariantSAE, VariantSettingError, ema, exp_ramp, require
+
+LOSS_TERM = ("orthogonality_loss", "forget x retain decoder cos^2 x ramp")
 
 STATS = ("freq", "mean", "sq", "max")
 
@@ -41,17 +45,6 @@ class Config(relu.Config):
 def batch_stats(f: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-feature statistics of feature activations f [n, d_sae]."""
     return {"freq": (f > 0).float().mean(0), "mean": f.mean(0), "sq": f.pow(2).mean(0), "max": f.max(0).values}
-
-
-def forget_share(freq_forget: torch.Tensor, freq_retain: torch.Tensor) -> torch.Tensor:
-    return freq_forget / (freq_forget + freq_retain + EPS)
-
-
-def threshold_groups(freq_forget: torch.Tensor, freq_retain: torch.Tensor, alpha: float):
-    """(forget mask, retain mask): share difference beyond alpha; features that never fire join neither."""
-    s = forget_share(freq_forget, freq_retain)
-    fired = (freq_forget + freq_retain) > 0
-    return fired & (s - (1 - s) > alpha), fired & ((1 - s) - s > alpha)
 
 
 def kmeans_groups(stats: dict[str, dict[str, torch.Tensor]], iters: int = 10):
@@ -80,8 +73,7 @@ def cross_group_penalty(w_dec: torch.Tensor, forget: torch.Tensor, retain: torch
     """Mean cos^2 between decoder rows of forget-group and retain-group features (0 if a group is empty)."""
     if not forget.any() or not retain.any():
         return w_dec.sum() * 0.0
-    w = normalize(w_dec)
-    return (w[forget] @ w[retain].T).pow(2).mean()
+    return cosines(w_dec[forget], w_dec[retain]).pow(2).mean()
 
 
 class OrthogonalSAE(VariantSAE):
@@ -105,14 +97,14 @@ class OrthogonalSAE(VariantSAE):
             return None
         if c.grouping == "kmeans":
             return kmeans_groups(self.stats, c.kmeans_iters)
-        return threshold_groups(self.stats["forget"]["freq"], self.stats["retain"]["freq"], c.alpha)
+        return domain_groups(self.stats["forget"]["freq"], self.stats["retain"]["freq"], c.alpha)
 
-    def extra_loss(self, step_input, feature_acts, sae_out, losses) -> torch.Tensor:
+    def extra_loss(self, data: StepData, step_input, feature_acts, sae_out, losses) -> torch.Tensor:
         c = self.variant_cfg
-        if step_input.n_training_steps == 0 and not any(d.topic == c.forget_topic for d in self.buffer.sequences.documents):
+        if data.step == 0 and c.forget_topic not in data.topics():
             raise VariantSettingError(f"orthogonal needs domain-tagged text: no training document has topic "
                                       f"{c.forget_topic!r} (set --set orthogonal.forget_topic=...)")
-        is_forget = self.buffer.has_topic(self.current_batch, c.forget_topic).to(feature_acts.device)
+        is_forget = data.has_topic(c.forget_topic).to(feature_acts.device)
         self.update_stats(feature_acts, is_forget)
         self.step_metrics["forget_rows_frac"] = is_forget.float().mean().item()
         groups = self.groups()
@@ -122,11 +114,12 @@ class OrthogonalSAE(VariantSAE):
         self.step_metrics.update(forget_group=float(forget.sum()), retain_group=float(retain.sum()))
         penalty = cross_group_penalty(self.W_dec, forget, retain)
         self.step_metrics["cross_group_cos2"] = penalty.item()
-        return c.weight * exp_ramp(step_input.n_training_steps, c.warmup_frac * self.n_steps) * penalty
+        return c.weight * exp_ramp(data.step, c.warmup_frac * self.n_steps) * penalty
 
 
 def check(cfg: Config) -> None:
     """Settings that cannot work: one clear line (raised before the model is loaded)."""
+    relu.check(cfg)
     require(cfg.grouping in ("threshold", "kmeans"),
             f"orthogonal.grouping must be 'threshold' or 'kmeans', not {cfg.grouping!r}")
     require(cfg.weight >= 0 and 0 <= cfg.alpha < 1 and 0 <= cfg.stats_decay < 1,
@@ -134,5 +127,4 @@ def check(cfg: Config) -> None:
 
 
 def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> OrthogonalSAE:
-    check(cfg)
     return OrthogonalSAE(relu.standard_config(cfg, d_in, d_sae, n_steps, **common), cfg, n_steps)

@@ -4,11 +4,21 @@ from dataclasses import dataclass
 
 from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
 
+from trainers.variant_sae import require
+
+LOSS_TERM = None  # nothing beyond reconstruction + L1
+
 
 @dataclass
 class Config:
     l1_coefficient: float = 1.0  # on normalized activations (E||x|| = sqrt(d_model))
     l1_warm_up_frac: float = 0.05  # fraction of steps over which the L1 coefficient ramps from 0
+
+
+def check(cfg: Config) -> None:
+    """Settings that cannot work: one clear line (raised before the model is loaded)."""
+    require(cfg.l1_coefficient >= 0 and 0 <= cfg.l1_warm_up_frac <= 1,
+            "relu: l1_coefficient >= 0 and 0 <= l1_warm_up_frac <= 1 are required")
 
 
 def standard_config(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> StandardTrainingSAEConfig:

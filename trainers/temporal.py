@@ -16,7 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from trainers import relu
-from trainers.variant_sae import VariantSAE, neighbour_pairs, normalize, require
+from trainers.metrics import normalize
+from trainers.trainer import StepData
+from trainers.variant_sae import VariantSAE, neighbour_pairs, require
+
+LOSS_TERM = ("temporal_loss", "InfoNCE over time x weight")
 
 
 @dataclass
@@ -67,10 +71,10 @@ class TemporalSAE(VariantSAE):
         super().__init__(cfg, variant_cfg, n_steps)
         self.queue = NegativeQueue(variant_cfg.queue_size, cfg.d_sae, cfg.device)
 
-    def extra_loss(self, step_input, feature_acts, sae_out, losses) -> torch.Tensor:
+    def extra_loss(self, data: StepData, step_input, feature_acts, sae_out, losses) -> torch.Tensor:
         c = self.variant_cfg
-        batch = self.current_batch
-        idx, pos_acts, _ = neighbour_pairs(batch, self.buffer, c.window)
+        batch = data.batch
+        idx, pos_acts, _ = neighbour_pairs(data, c.window)
         keep = feature_acts[idx].detach().abs().sum(-1) > 0
         idx, pos_acts = idx[keep], pos_acts[keep]
         term = self.zero_term()
@@ -88,11 +92,11 @@ class TemporalSAE(VariantSAE):
 
 def check(cfg: Config) -> None:
     """Settings that cannot work: one clear line (raised before the model is loaded)."""
+    relu.check(cfg)
     require(cfg.weight >= 0 and cfg.temperature > 0 and cfg.window >= 1 and cfg.queue_size >= 1
             and cfg.negatives_per_step >= 1,
             "temporal: weight >= 0, temperature > 0, window >= 1, queue_size >= 1, negatives_per_step >= 1 are required")
 
 
 def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> TemporalSAE:
-    check(cfg)
     return TemporalSAE(relu.standard_config(cfg, d_in, d_sae, n_steps, **common), cfg, n_steps)

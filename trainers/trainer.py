@@ -8,6 +8,11 @@ the tangent space, rows renormalized after every step), b_dec starts at the data
 sees the current batch's provenance (sequence, position) and the buffer for neighbours, metrics
 are logged to memory every `log_every` steps, and the final numbers are averaged over the last
 steps instead of read off one batch.
+
+The variant contract: before each step the trainer calls `sae.begin_step(StepData(...))` on SAEs
+that define it (the seed variants, trainers/variant_sae.py). StepData is everything a variant may
+use from the trainer: the batch with its provenance, the step number, true neighbours, the domain
+tags of the rows' documents, and activations of extra texts normalized like the training rows.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from sae_lens.config import SAETrainerConfig
 from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
-from trainers.buffer import ActivationBuffer
+from trainers.buffer import ActivationBatch, ActivationBuffer
+from trainers.metrics import explained_variance
+from trainers.model import text_activations
 
 
 class TrainingFailed(RuntimeError):
@@ -30,14 +37,18 @@ class TrainingFailed(RuntimeError):
 
 @dataclass
 class TrainSettings:
-    n_tokens: int
-    batch_size: int
+    """The training section of a run's config (each field is a flag: --n_tokens=600000)."""
+
+    n_tokens: int = 300_000  # training tokens (BOS excluded)
+    batch_size: int = 256
     lr: float = 4e-4
     lr_warm_up_frac: float = 0.02
     lr_decay_frac: float = 0.2
     dead_feature_window: int = 400  # steps without firing after which a feature counts as dead
     log_every: int = 20
     final_avg_frac: float = 0.05  # final metrics = mean over this last fraction of steps
+    seqs_per_fill: int = 128  # buffer: sequences per refill (the buffer holds two fills)
+    model_batch_size: int = 16  # sequences per LM forward pass
     seed: int = 0
 
     @property
@@ -58,6 +69,43 @@ class TrainResult:
     activation_scale: float = 1.0
 
 
+@dataclass
+class StepData:
+    """What a variant may use from the trainer, handed to it before each step (`begin_step`)."""
+
+    batch: ActivationBatch  # this step's rows and their provenance (sequence, position, document)
+    step: int  # optimizer steps taken before this one
+    source: ActivationBuffer
+    hook_index: int = 0
+
+    def neighbours(self, offset: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(acts [B, d] fp32, valid [B]): each row's activation `offset` positions away in the same
+        sequence; invalid outside the sequence, on BOS, or where the row's storage was recycled."""
+        acts, valid = self.source.neighbours(self.batch, offset)
+        return acts[:, self.hook_index].float(), valid
+
+    def has_topic(self, topic: str) -> torch.Tensor:
+        """[B] bool: whether each row's document carries `topic` (its domain tag)."""
+        return self.source.has_topic(self.batch, topic)
+
+    @property
+    def held_out_percent(self) -> int:
+        """The document split of this run: extra texts a variant uses must come from the other side."""
+        return self.source.sequences.held_out_percent
+
+    def topics(self) -> set[str]:
+        """The topics of the training documents."""
+        return {d.topic for d in self.source.sequences.documents}
+
+    def text_activations(self, texts: list[str], n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(acts [n, n_tokens, d], mask [n, n_tokens]) of extra texts, normalized like the training
+        rows and on their device (labelled pools: the adversarial probe, translation pairs)."""
+        src = self.source
+        acts, mask = text_activations(src.model, src.hook_names[self.hook_index], texts, n_tokens,
+                                      src.model_batch_size)
+        return (acts * float(src.scale[self.hook_index])).to(src.device), mask.to(src.device)
+
+
 def constrain_decoder(sae) -> None:
     """Keep W_dec rows at unit norm: project each row's gradient onto the sphere's tangent space,
     and renormalize after the optimizer step (see `renormalize_decoder`)."""
@@ -73,19 +121,6 @@ def constrain_decoder(sae) -> None:
 @torch.no_grad()
 def renormalize_decoder(sae) -> None:
     sae.W_dec.data /= sae.W_dec.data.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-
-
-@torch.no_grad()
-def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    """1 - sum_d Var(x_d - x_hat_d) / sum_d Var(x_d) over the rows of x [n, d].
-
-    Variance about the mean: predicting the per-dimension mean explains 0, a perfect
-    reconstruction explains 1 (unlike sae_bench 0.6.0's variance about zero)."""
-    x, x_hat = x.double(), x_hat.double()
-    resid = x - x_hat
-    resid_var = (resid - resid.mean(0)).pow(2).sum()
-    total_var = (x - x.mean(0)).pow(2).sum()
-    return float(1 - resid_var / total_var.clamp_min(1e-30))
 
 
 def train_sae(sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index: int = 0) -> TrainResult:
@@ -119,9 +154,11 @@ def train_sae(sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index
     curves: dict[str, list[float]] = {}
     start = time.perf_counter()
     bar = tqdm(range(n_steps), desc=f"training SAE ({n_steps} steps)", unit="step")
+    begin_step = getattr(sae, "begin_step", None)  # the variant contract (StepData above)
     for step in bar:
         batch = buffer.next_batch(settings.batch_size)
-        sae.current_batch, sae.buffer = batch, buffer  # provenance, for variants that use neighbours
+        if begin_step is not None:
+            begin_step(StepData(batch=batch, step=step, source=buffer, hook_index=hook_index))
         out = trainer.step(batch.acts[:, hook_index].float())
         trainer.n_training_steps += 1
         renormalize_decoder(sae)
@@ -154,7 +191,6 @@ def train_sae(sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index
                 curves.setdefault(k, [None] * n_logged).append(logged.get(k))
             bar.set_postfix(loss=f"{loss:.2f}", L0=f"{row['l0']:.0f}", ev=f"{row['explained_variance']:.3f}",
                             tok_s=f"{logged['tokens_per_s']:.0f}")
-    del sae.current_batch, sae.buffer
     wall = time.perf_counter() - start
     tail = max(1, int(settings.final_avg_frac * n_steps))
     final = {k: float(sum(v[-tail:]) / len(v[-tail:])) for k, v in per_step.items()}

@@ -1,12 +1,16 @@
-"""What every variant shares: the baseline's ReLU + L1 SAE (SAELens's StandardTrainingSAE, trained by
+"""What every seed variant shares: the baseline's ReLU + L1 SAE (SAELens's StandardTrainingSAE, trained by
 trainers.trainer exactly like `relu`) plus one extra loss term, and the small pieces of maths the
-variants have in common (neighbour pairs, InfoNCE, schedules, EMAs).
+variants have in common (neighbour pairs, InfoNCE, schedules, EMAs, pooled labelled text).
 
-A variant subclasses `VariantSAE`, sets `extra_loss_name` and implements `extra_loss(...)`. The term
-is added to SAELens's loss dict, so it is summed into the loss the optimizer sees and logged in the
-training curves under that name; `self.step_metrics` (floats) is logged beside it. Modules and
-state used only in training (a contrastive head, a probe, a queue) are dropped when the SAE is
-saved: the saved SAE is a plain SAELens "standard" SAE, loadable and evaluable like the baseline's.
+A variant subclasses `VariantSAE`, sets `extra_loss_name` and implements
+`extra_loss(data, step_input, feature_acts, sae_out, losses)`. `data` is the trainer's `StepData`
+for this step (the batch and its provenance, the step number, true neighbours, domain tags, extra
+text activations): the trainer hands it over through `begin_step` before every step, and it is the
+only thing a variant reads from the trainer. The term is added to SAELens's loss dict, so it is
+summed into the loss the optimizer sees and logged in the training curves under that name;
+`self.step_metrics` (floats) is logged beside it. Modules and state used only in training (a
+contrastive head, a probe, a queue) are dropped when the SAE is saved: the saved SAE is a plain
+SAELens "standard" SAE, loadable and evaluable like the baseline's.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
 
-EPS = 1e-8
+from trainers.metrics import masked_mean, normalize
+from trainers.trainer import StepData
 
 
 class VariantSettingError(ValueError):
@@ -39,18 +44,25 @@ class VariantSAE(StandardTrainingSAE):
         self.variant_cfg = variant_cfg
         self.n_steps = max(1, n_steps)
         self.step_metrics: dict[str, float] = {}
+        self._step_data: StepData | None = None
+
+    def begin_step(self, data: StepData) -> None:
+        """The trainer's hand-over before each step (see trainers.trainer.StepData)."""
+        self._step_data = data
 
     def calculate_aux_loss(self, step_input, feature_acts, hidden_pre, sae_out):
         losses = super().calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out)
         self.step_metrics = {}
-        term = self.extra_loss(step_input, feature_acts, sae_out, losses)
+        if self._step_data is None:
+            raise RuntimeError(f"{type(self).__name__} needs begin_step(StepData) before each training step")
+        term = self.extra_loss(self._step_data, step_input, feature_acts, sae_out, losses)
         if not torch.isfinite(term):  # never hand a NaN to the optimizer: drop the term this step
             self.step_metrics[f"{self.extra_loss_name}_nonfinite"] = 1.0
             term = self.zero_term()
         losses[self.extra_loss_name] = term
         return losses
 
-    def extra_loss(self, step_input, feature_acts, sae_out, losses) -> torch.Tensor:
+    def extra_loss(self, data: StepData, step_input, feature_acts, sae_out, losses) -> torch.Tensor:
         raise NotImplementedError
 
     def zero_term(self) -> torch.Tensor:
@@ -66,17 +78,18 @@ class VariantSAE(StandardTrainingSAE):
 
 # ---- shared maths ------------------------------------------------------------------------------
 
-def neighbour_pairs(batch, buffer, window: int, hook_index: int = 0):
-    """For each row of `batch`, another position of the same sequence at a random offset in
+def neighbour_pairs(data: StepData, window: int):
+    """For each row of the batch, another position of the same sequence at a random offset in
     [-window, -1] U [1, window]. Returns (anchor_index [n], neighbour_acts [n, d], offset [n]) for the
     n rows whose neighbour exists: inside the sequence, not BOS, storage still resident."""
-    n = len(batch.rows)
+    rows = data.batch.rows
+    n = len(rows)
     magnitude = torch.randint(1, window + 1, (n,))
     sign = torch.randint(0, 2, (n,)) * 2 - 1
-    offset = (magnitude * sign).to(batch.rows.device)
-    acts, valid = buffer.neighbours(batch, offset)
+    offset = (magnitude * sign).to(rows.device)
+    acts, valid = data.neighbours(offset)
     idx = valid.nonzero().squeeze(1)
-    return idx, acts[idx, hook_index].float(), offset[idx]
+    return idx, acts[idx], offset[idx]
 
 
 def info_nce(anchors: torch.Tensor, candidates: torch.Tensor, temperature: float,
@@ -88,11 +101,6 @@ def info_nce(anchors: torch.Tensor, candidates: torch.Tensor, temperature: float
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf"))
     return F.cross_entropy(logits, torch.arange(len(anchors), device=anchors.device))
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit L2 norm (a zero row stays zero: eps, never NaN)."""
-    return x / (x.norm(dim=-1, keepdim=True) + EPS)
 
 
 def linear_ramp(step: int, ramp_steps: int) -> float:
@@ -119,16 +127,11 @@ class TextPool:
     mask: torch.Tensor  # [n_texts, n_tokens]
 
     @classmethod
-    def build(cls, buffer, texts: list[str], n_tokens: int, hook_index: int = 0) -> "TextPool":
-        from trainers.buffer import text_activations
-
-        acts, mask = text_activations(buffer.model, buffer.hook_names[hook_index], texts, n_tokens,
-                                      buffer.model_batch_size)
-        scale = float(buffer.scale[hook_index])
-        return cls((acts * scale).to(buffer.device), mask.to(buffer.device))
+    def build(cls, data: StepData, texts: list[str], n_tokens: int) -> "TextPool":
+        return cls(*data.text_activations(texts, n_tokens))
 
     def pooled_features(self, sae, idx: torch.Tensor) -> torch.Tensor:
         """Mean SAE feature vector over each selected text's tokens: [len(idx), d_sae]."""
-        acts, mask = self.acts[idx], self.mask[idx].float()
+        acts, mask = self.acts[idx], self.mask[idx]
         feats = sae.encode(acts.reshape(-1, acts.shape[-1])).reshape(*acts.shape[:2], -1)
-        return (feats * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+        return masked_mean(feats, mask)

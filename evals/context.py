@@ -1,0 +1,46 @@
+"""What every eval is handed: the trained SAE, the loaded model, held-out text, and where to write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from trainers.data import TokenSequences, build_sequences
+
+
+@dataclass
+class EvalContext:
+    sae: object  # the trained SAE in the model's own units (SAELens SAE)
+    model: object  # the loaded HookedTransformer (loaded once per process)
+    model_name: str  # the TransformerLens name SAEBench's configs and the cache keys use
+    embedded: bool  # True: the offline stand-in data; False: SAEBench's own hub datasets and sizes
+    device: str
+    llm_dtype: str  # "float32", "bfloat16", ...
+    out_dir: Path  # the run's folder (being built): each eval writes its own JSON here
+    cache_dir: Path  # model-only caches, shared across runs, keyed by what they depend on
+    dataset: str  # the text training read from; evals read only its held-out documents
+    held_out_percent: int
+    context_size: int
+    model_batch_size: int  # sequences per LM forward pass
+    seed: int  # the run's seed
+    _held_out: TokenSequences | None = field(default=None, repr=False)
+    _held_out_asked: int = field(default=0, repr=False)  # the most sequences any eval has asked for
+
+    def held_out(self, n_sequences: int) -> torch.Tensor:
+        """The first `n_sequences` held-out sequences [n, context_size], BOS first (fewer if the split
+        has fewer). Tokenized on first use and shared by every eval of the run; a larger request
+        tokenizes further (the first n sequences are the same whatever was asked before)."""
+        if n_sequences > self._held_out_asked:
+            self._held_out = build_sequences(self.dataset, self.model.tokenizer, "held_out", self.context_size,
+                                             max_tokens=n_sequences * self.context_size,
+                                             held_out_percent=self.held_out_percent)
+            self._held_out_asked = n_sequences
+        return self._held_out.tokens[:n_sequences]
+
+    def held_out_description(self) -> dict:
+        """What the evals read of the held-out split (for final_info.json's data section)."""
+        if self._held_out is None:
+            return {"held_out_sequences": 0, "held_out_documents": 0}
+        return {"held_out_sequences": len(self._held_out), "held_out_documents": len(self._held_out.documents)}

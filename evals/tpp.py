@@ -1,0 +1,12 @@
+"""SAEBench TPP (targeted probe perturbation): ablating the SAE latents of one class should hurt
+that class's probe and no other. The machinery, shared with SCR, is in evals/scr_tpp.py.
+"""
+
+from evals.context import EvalContext
+from evals.scr_tpp import Settings, headline, run_scr_or_tpp
+
+__all__ = ["Settings", "headline", "run"]
+
+
+def run(ctx: EvalContext, settings: Settings) -> dict:
+    return run_scr_or_tpp("tpp", ctx, settings)
