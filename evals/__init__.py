@@ -15,15 +15,15 @@ Adding an eval is its file plus one line below.
 Autointerp is not offered: it needs an external LLM API. `diagnostics` are the seeds' own measures.
 """
 
-from evals import absorption, core, diagnostics, scr, sparse_probing, tpp, unlearning
+from importlib import import_module
 
 EVALS = {
-    "core": core,
-    "diagnostics": diagnostics,
-    "sparse_probing": sparse_probing,
-    "unlearning": unlearning,
-    "scr": scr,
-    "tpp": tpp,
-    "absorption": absorption,
+    "core": import_module("evals.core"),
+    "diagnostics": import_module("evals.diagnostics"),
+    "sparse_probing": import_module("evals.sparse_probing"),
+    "unlearning": import_module("evals.unlearning"),
+    "scr": import_module("evals.scr"),
+    "tpp": import_module("evals.tpp"),
+    "absorption": import_module("evals.absorption"),
 }
 DEFAULT_EVALS = ("core", "diagnostics", "sparse_probing", "unlearning")

@@ -197,24 +197,28 @@ def test_existing_results_are_not_overwritten_without_the_flag(tiny_run):
     assert (cwd / "notes.txt").read_text().count("## Run") == 2
 
 
+SLOW = pytest.mark.slow  # each case is a fresh interpreter (~10 s): the fast subset keeps a few
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--variant=nope"], "unknown variant"),
-        (["--model=not/a-model"], "has no defaults here"),
-        (["--hook=blocks.40.hook_resid_post"], "out of range"),
         (["--set", "relu.nope=1"], "has no setting"),
-        (["--n_tokens=ten"], "not a valid int"),
-        (["--variant=temporal", "--set", "temporal.window=0"], "window >= 1"),
-        (["--variant=orthogonal", "--set", "orthogonal.grouping=spectral"], "'threshold' or 'kmeans'"),
-        (["--set", "relu.l1_coefficient=-1"], "l1_coefficient >= 0"),
-        (["--set", "topk.k=3"], "is not the one this run trains"),
         (["--evals=core", "--set", "scr.texts_per_cell=3"], "is not selected"),
-        (["--set", "core.nope=1"], "has no setting"),
-        (["--set", "core.reconstruction_batches=many"], "not a valid int"),
         (["--core_reconstruction_batches=2"], "--set VARIANT.FIELD=VALUE / --set EVAL.FIELD=VALUE"),
-        (["--lr=nan"], "not a finite number"),
-        (["--evals=core,autointerp"], "unknown eval"),
+        pytest.param(["--model=not/a-model"], "has no defaults here", marks=SLOW),
+        pytest.param(["--hook=blocks.40.hook_resid_post"], "out of range", marks=SLOW),
+        pytest.param(["--n_tokens=ten"], "not a valid int", marks=SLOW),
+        pytest.param(["--variant=temporal", "--set", "temporal.window=0"], "window >= 1", marks=SLOW),
+        pytest.param(["--variant=orthogonal", "--set", "orthogonal.grouping=spectral"], "'threshold' or 'kmeans'",
+                     marks=SLOW),
+        pytest.param(["--set", "relu.l1_coefficient=-1"], "l1_coefficient >= 0", marks=SLOW),
+        pytest.param(["--set", "topk.k=3"], "is not the one this run trains", marks=SLOW),
+        pytest.param(["--set", "core.nope=1"], "has no setting", marks=SLOW),
+        pytest.param(["--set", "core.reconstruction_batches=many"], "not a valid int", marks=SLOW),
+        pytest.param(["--lr=nan"], "not a finite number", marks=SLOW),
+        pytest.param(["--evals=core,autointerp"], "unknown eval", marks=SLOW),
     ],
 )
 def test_bad_input_gets_one_clear_line_and_exit_code_2(tmp_path, args, message):
@@ -242,5 +246,9 @@ def test_config_is_built_of_sections_and_eval_settings_are_set_like_variant_sett
     assert cfg["evals"]["diagnostics"] == dataclasses.asdict(EVALS["diagnostics"].Settings())
     assert cfg["training"]["n_tokens"] == 5000 and cfg["system"]["out_dir"] == "run_0"
     assert not (tmp_path / "run_0").exists() and not (tmp_path / "notes.txt").exists()  # a dry run writes nothing
+
+
+@pytest.mark.slow
+def test_evals_none_and_all_select_no_eval_and_every_eval(tmp_path):
     assert dry_run("--evals=none", cwd=tmp_path)["evals"] == {}
     assert list(dry_run("--evals=all", cwd=tmp_path)["evals"]) == list(EVALS)

@@ -4,6 +4,9 @@ trainers/), every module imports on its own, and every registered variant and ev
 import ast
 import dataclasses
 import inspect
+import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +32,9 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
     """The project modules a file imports, anywhere in it (function-level imports included)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "import_module":  # the registries
+            found |= {a.value for a in node.args if isinstance(a, ast.Constant) and a.value in modules}
+        elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name in modules}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module in modules:
@@ -49,6 +54,7 @@ def import_graph() -> dict[str, set[str]]:
 def test_imports_run_one_way_and_form_no_circle():
     graph = import_graph()
     assert len(graph) > 20
+    assert {"trainers.relu", "trainers.temporal"} <= graph["trainers"] and "evals.core" in graph["evals"]
     for name, deps in graph.items():
         assert not deps & {"experiment", "plot"}, f"{name} imports experiment.py or plot.py"
         if name.startswith("trainers"):
@@ -108,3 +114,28 @@ def test_every_registered_variant_keeps_the_contract():
             assert module.LOSS_TERM[0] == sae.extra_loss_name, name
         for attr in ("current_batch", "buffer"):  # nothing is set on it from outside any more
             assert not hasattr(sae, attr), name
+
+
+@pytest.mark.slow
+def test_the_readme_example_eval_is_one_file_and_one_registry_line(tmp_path):
+    """The README's example, added to a copy of the project exactly as the README says, runs end to end."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    eval_file = next(b for b in blocks if b.startswith("# evals/feature_density.py"))
+    registry_line = next(b for b in blocks if b.strip().startswith('"feature_density": import_module'))
+    copy = tmp_path / "project"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".cache", ".git", "run_*", "figures", "tests",
+                                                              "__pycache__", ".pytest_cache"))
+    (copy / ".cache").symlink_to(ROOT / ".cache")  # the embedded model, converted once by setup.sh
+    (copy / "evals" / "feature_density.py").write_text(eval_file)
+    init = copy / "evals" / "__init__.py"
+    text = init.read_text()
+    end = text.index("\n}", text.index("EVALS = {"))
+    init.write_text(text[:end] + "\n" + registry_line.rstrip() + text[end:])
+    proc = subprocess.run([sys.executable, "experiment.py", "--out_dir=run_1", "--n_tokens=1280", "--batch_size=128",
+                           "--seqs_per_fill=32", "--evals=feature_density", "--set", "feature_density.sequences=4"],
+                          cwd=copy, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((copy / "run_1" / "final_info.json").read_text())
+    assert info["config"]["evals"] == {"feature_density": {"sequences": 4}}
+    assert info["feature_density"]["tokens"] == 4 * 127 and info["feature_density"]["never"] >= 0
+    assert "\nfeature_density: " in (copy / "notes.txt").read_text()

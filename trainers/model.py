@@ -148,7 +148,7 @@ def hook_layer(hook_name: str, n_layers: int) -> int:
 
 
 @torch.no_grad()
-def token_activations(model, hook_name: str, tokens: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+def token_activations(model, hook_name: str, tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
     """[n_seq, ctx - 1, d] fp32 activations (on the host) at `hook_name` for BOS-first `tokens`
     [n_seq, ctx], BOS position dropped; the model runs only up to the hooked layer."""
     layer = hook_layer(hook_name, model.cfg.n_layers)
@@ -161,7 +161,7 @@ def token_activations(model, hook_name: str, tokens: torch.Tensor, batch_size: i
 
 
 @torch.no_grad()
-def text_activations(model, hook_name: str, texts: list[str], n_tokens: int, batch_size: int = 16):
+def text_activations(model, hook_name: str, texts: list[str], n_tokens: int, batch_size: int):
     """Activations at `hook_name` for the first `n_tokens` tokens of each text (BOS dropped).
 
     Returns (acts [n_texts, n_tokens, d], mask [n_texts, n_tokens]): mask is False on padding of
