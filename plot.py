@@ -292,7 +292,9 @@ def changed_settings(info: dict) -> str:
     """The variant settings that differ from the variant's defaults, e.g. "l1_coefficient=1.3"."""
     variant = VARIANTS.get(info.get("variant"))
     defaults = dataclasses.asdict(variant.Config()) if variant else {}  # a variant this checkout lacks: show all
-    settings = info.get("config", {}).get("variant", {})
+    cfg = info.get("config", {})
+    # runs made before the config had sections kept the variant's settings under "variant_config"
+    settings = cfg["variant"] if isinstance(cfg.get("variant"), dict) else cfg.get("variant_config", {})
     out = [f"{k}={v}" for k, v in settings.items() if defaults.get(k, object()) != v]
     return ", ".join(out) or "defaults"
 

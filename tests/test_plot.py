@@ -42,8 +42,10 @@ def contrastive_info():
 
 
 def test_plot_writes_every_figure_and_skips_runs_without_core(tmp_path):
+    old_format = fake_info("relu", 20.0, with_core=False)
+    old_format["config"] = {"variant": "relu", "variant_config": {"l1_coefficient": 2.0, "l1_warm_up_frac": 0.05}}
     for name, info in {"run_0": with_evals(fake_info("relu", 34.0)), "run_1": contrastive_info(),
-                       "run_2": fake_info("relu", 20.0, with_core=False)}.items():
+                       "run_2": old_format}.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "final_info.json").write_text(json.dumps(info))
     proc = subprocess.run([sys.executable, str(ROOT / "plot.py")], cwd=tmp_path, capture_output=True, text=True)
@@ -57,6 +59,7 @@ def test_plot_writes_every_figure_and_skips_runs_without_core(tmp_path):
     table = (tmp_path / "figures" / "runs_table.md").read_text().splitlines()
     assert len(table) == 2 + 3 and "| run_1 | contrastive | weight=0.5 | 768 | 40 |" in table[3]
     assert "n/a" in table[3]  # the cross-group cosine that could not be measured
+    assert "| run_2 | relu | l1_coefficient=2.0 |" in table[4]  # a run recorded before the config had sections
 
 
 def test_plot_without_runs_says_so_in_one_line(tmp_path):
