@@ -133,12 +133,14 @@ def load(cfg: Config) -> Loaded:
     model = load_model(target.model, device=device, dtype=dtype)
     hook_layer(target.hook, model.cfg.n_layers)
     ctx = target.context_size
-    train_seqs = build_sequences(target.dataset, model.tokenizer, "train", ctx,
-                                 max_tokens=training.n_tokens * ctx // (ctx - 1) + ctx,
-                                 held_out_percent=target.held_out_percent)
-    if train_seqs.n_tokens < training.n_tokens:
-        print(f"[data] note: {target.dataset} train split has {train_seqs.n_tokens:,} tokens; "
-              f"{training.n_tokens:,} requested, so the buffer starts further passes over it")
+    # enough sequences that no row is served twice when the corpus allows: the buffer reads whole fills
+    # and keeps up to two of them resident beyond what it has served
+    n_seqs = math.ceil(training.n_tokens / (ctx - 1)) + 2 * training.seqs_per_fill
+    train_seqs = build_sequences(target.dataset, model.tokenizer, "train", ctx, max_tokens=n_seqs * ctx,
+                                 held_out_percent=target.held_out_percent, shuffle_seed=training.seed)
+    if len(train_seqs) < n_seqs:
+        print(f"[data] note: {target.dataset} train split has {len(train_seqs):,} sequences of {ctx} tokens; "
+              f"{n_seqs:,} would serve {training.n_tokens:,} tokens without repeats, so some rows are served again")
     buffer = ActivationBuffer(model, train_seqs, [target.hook], seqs_per_fill=training.seqs_per_fill,
                               model_batch_size=training.model_batch_size, seed=training.seed)
     model_name = EMBEDDED_TL_NAME if target.model == EMBEDDED_MODEL else target.model
@@ -163,6 +165,7 @@ def train(cfg: Config, loaded: Loaded, stage: Path):
         model_from_pretrained_kwargs={},
     )
     variant = VARIANTS[target.variant]
+    torch.manual_seed(cfg.training.seed)  # the SAE's init depends on the seed alone, not on what ran before
     sae = variant.build_sae(cfg.variant, loaded.model.cfg.d_model, target.d_sae, cfg.training.n_steps,
                             decoder_init_norm=1.0, device=loaded.device, metadata=metadata)
     result = train_sae(sae, loaded.buffer, cfg.training)
@@ -225,7 +228,8 @@ def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResu
         "config": cfg.to_json(),
         "training": training,
         "data": {"train_sequences": len(loaded.train_seqs), "train_documents": len(loaded.train_seqs.documents),
-                 **context.held_out_description(), "source": cfg.target.dataset},
+                 "trained_on": loaded.buffer.served_description(), **context.held_out_description(),
+                 "source": cfg.target.dataset},
         "environment": {"device": loaded.device, "model_dtype": str(loaded.dtype), "torch": torch.__version__,
                         "threads": torch.get_num_threads()},
         "wall_time_s": time.perf_counter() - t_start,

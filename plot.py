@@ -238,10 +238,11 @@ def plot_variant_terms(runs, out: Path) -> Path | None:
     return _save(fig, out / "variant_terms.png")
 
 
-DIAGNOSTIC_PANELS = [
-    ("nmi", "NMI: k-means of doc features vs labels", "llm_nmi"),
-    ("silhouette", "silhouette of doc features by class", "llm_silhouette"),
-    ("mig", "MIG over label factors", None),
+RAW = "raw model activations"
+DIAGNOSTIC_PANELS = [  # (key, title, (reference key, what the reference is) or None)
+    ("nmi", "NMI: k-means of doc features vs labels", ("llm_nmi", RAW)),
+    ("silhouette", "silhouette of doc features by class", ("llm_silhouette", RAW)),
+    ("mig", "MIG over label factors", ("mig_null", "null: labels permuted (mean over runs)")),
     ("feature_corr_mean_abs", "feature activation |r| (mean over pairs)", None),
     ("decoder_cos_mean_abs", "decoder |cos| (mean over pairs)", None),
     ("domain_specific_share", "forget/retain-specific share of active features", None),
@@ -258,8 +259,9 @@ def plot_diagnostics(runs, out: Path) -> Path | None:
     d = [r["info"]["diagnostics"] for r in runs]
     for ax, (key, title, reference) in zip(axes.flat, DIAGNOSTIC_PANELS):
         _bars_or_na(ax, runs, [x.get(key) for x in d], title)
-        if reference:
-            ax.axhline(d[0][reference], color="grey", ls="--", lw=1, label="raw model activations")
+        values = [x.get(reference[0]) for x in d if x.get(reference[0]) is not None] if reference else []
+        if values:  # the reference is the same for every run (raw activations) or a null: its mean
+            ax.axhline(sum(values) / len(values), color="grey", ls="--", lw=1, label=reference[1])
             ax.legend(fontsize=7)
     ax = axes.flat[len(DIAGNOSTIC_PANELS)]
     for i, (r, x) in enumerate(zip(runs, d)):

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import random
 from dataclasses import dataclass
 
@@ -93,8 +91,7 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     if sae.cfg.hook_name != f"blocks.{layer}.hook_resid_post":
         return {"status": "not_applicable", "reason": "SAEBench absorption reads hook_resid_post only"}
     vocab = sample_vocabulary(model.tokenizer, words_per_letter, seed)
-    key = hashlib.sha1(json.dumps([model_name, sae.cfg.hook_name, vocab]).encode()).hexdigest()[:16]
-    probes_dir = ctx.cache_dir / f"absorption-probe-{key}"
+    probes_dir = ctx.cache_path("absorption-probe", sae.cfg.hook_name, TEMPLATE_PROBE, vocab)
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     results_dir = artifacts_dir / "results"
     results_dir.mkdir(exist_ok=True)

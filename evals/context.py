@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from trainers.data import TokenSequences, build_sequences
+
+# The held-out documents are read in one fixed shuffled order, whatever the training seed, so every
+# run's evals read the same text.
+HELD_OUT_ORDER_SEED = 0
 
 
 @dataclass
@@ -35,9 +41,16 @@ class EvalContext:
         if n_sequences > self._held_out_asked:
             self._held_out = build_sequences(self.dataset, self.model.tokenizer, "held_out", self.context_size,
                                              max_tokens=n_sequences * self.context_size,
-                                             held_out_percent=self.held_out_percent)
+                                             held_out_percent=self.held_out_percent, shuffle_seed=HELD_OUT_ORDER_SEED)
             self._held_out_asked = n_sequences
         return self._held_out.tokens[:n_sequences]
+
+    def cache_path(self, kind: str, *depends_on) -> Path:
+        """Where a model-only cache lives: named by everything it depends on (the model, its dtype, the
+        device kind, and `depends_on`: hook, context length, the exact texts, ...), so a cache made
+        under any other key is never read."""
+        key = [self.model_name, self.llm_dtype, self.device.split(":")[0], *depends_on]
+        return self.cache_dir / f"{kind}-{hashlib.sha1(json.dumps(key, default=str).encode()).hexdigest()[:16]}"
 
     def held_out_description(self) -> dict:
         """What the evals read of the held-out split (for final_info.json's data section)."""

@@ -6,8 +6,8 @@ hub dataset by name at full scale). What we add, and why:
 - sae_bench 0.6.0's `explained_variance` measures variance about zero (it squares the mean of x^2
   per dimension instead of the mean of x), so on a residual stream with a large mean it comes out
   near or above 1 whatever the SAE does. We record every token batch the eval's sparsity/variance
-  half reads and compute the conventional 1 - sum_d Var(x_d - x_hat_d) / sum_d Var(x_d) over the
-  same tokens (same BOS/EOS/pad mask). It replaces `explained_variance` in the saved result;
+  half reads and compute 1 - FVU = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the same
+  tokens (same BOS/EOS/pad mask; the error is not centred, as in SAELens since its fix). It replaces `explained_variance` in the saved result;
   SAEBench's number is kept as `explained_variance_saebench_about_zero`.
 - SAEBench's `mse` is the per-token squared-error sum divided by the tokens in the batch; we add
   `mse_per_element` (mean over tokens and dimensions) and `mse_per_token_sum`, in model units.
@@ -28,7 +28,7 @@ import torch
 
 from evals.context import EvalContext
 from trainers.data import EMBEDDED_DATASET
-from trainers.metrics import explained_variance as conventional_explained_variance
+from trainers.metrics import explained_variance
 
 RESULT_FILE = "core_eval_results.json"
 
@@ -125,7 +125,7 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     x, x_hat = _reconstruction_over(sae, model, sv_batches, sae.cfg.hook_name, sae.cfg.hook_layer, ignore_tokens)
     recon = scalar_metrics["reconstruction_quality"]
     ours = {
-        "explained_variance": conventional_explained_variance(x, x_hat),
+        "explained_variance": explained_variance(x, x_hat),
         "explained_variance_saebench_about_zero": recon["explained_variance"],
         "mse_per_element": float((x - x_hat).pow(2).mean()),
         "mse_per_token_sum": float((x - x_hat).pow(2).sum(-1).mean()),
@@ -153,8 +153,8 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     data = json.loads(tmp.read_text())
     data["eval_result_metrics"]["reconstruction_quality"].update(ours)
     data["eval_result_unstructured"] = {
-        "note": "explained_variance is the conventional one (about the mean), computed by the harness over the "
-        "sparsity/variance tokens; explained_variance_saebench_about_zero is sae_bench 0.6.0's value (variance about zero)."
+        "note": "explained_variance is 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (uncentred error, total "
+        "variance about the mean), computed by the harness over the sparsity/variance tokens; explained_variance_saebench_about_zero is sae_bench 0.6.0's value (variance about zero)."
     }
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
@@ -178,7 +178,9 @@ def key_numbers(result: dict) -> dict:
         ce_loss_without_sae=perf["ce_loss_without_sae"],
         ce_loss_with_sae=perf["ce_loss_with_sae"],
         kl_div_score=m["model_behavior_preservation"]["kl_div_score"],
-        alive_frac_eval=m["misc_metrics"]["frac_alive"],
+        # fired at least once on the sparsity pass's tokens: with ~16k tokens, rare features look dead
+        frac_fired_on_eval_tokens=m["misc_metrics"]["frac_alive"],
+        eval_sparsity_tokens=recon["n_tokens_explained_variance"],
     )
 
 
@@ -201,4 +203,5 @@ def failures(result: dict) -> list[str]:
 def headline(result: dict) -> str:
     n = key_numbers(result)
     return (f"L0 {n['l0']:.4g}, explained variance {n['explained_variance']:.4g}, CE-loss score {n['ce_loss_score']:.4g}, "
-            f"KL score {n['kl_div_score']:.4g}, MSE/element {n['mse_per_element']:.4g}, alive (eval) {n['alive_frac_eval']:.4g}")
+            f"KL score {n['kl_div_score']:.4g}, MSE/element {n['mse_per_element']:.4g}, "
+            f"fired on the {n['eval_sparsity_tokens']:,} eval tokens {n['frac_fired_on_eval_tokens']:.4g}")

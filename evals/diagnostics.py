@@ -9,7 +9,8 @@ are over time. None of these is in SAEBench; all are computed here on held-out t
   geometry). The same two numbers on the raw model activations are given as the reference.
 - MIG (seed 001): per label factor (each set's label, plus language on the topic x language set),
   mutual information between the factor and every feature (document vectors, 20 equal-width bins
-  per feature), gap between the two most informative features / entropy of the factor.
+  per feature), gap between the two most informative features / entropy of the factor; beside it
+  its null value, the same computation with the labels permuted (mean of 5 permutations).
 - correlation (seed 001): Pearson r between every pair of features that fire on >= `min_fires`
   held-out tokens: mean |r| and fraction of pairs with |r| > 0.5. Decoder: |cos| between decoder
   rows: mean over pairs, mean over features of the largest one, fraction above 0.5.
@@ -22,13 +23,12 @@ are over time. None of these is in SAEBench; all are computed here on held-out t
   of activations at lags 1, 2, 4, 8 (mean over features active in the sample), and the mutual
   information (bits) between a feature firing at t and at t+1.
 
-Model activations depend only on the model, hook and texts: they are cached in `cache_dir`.
+Model activations depend only on the model (and its dtype and device kind), hook and texts: they are
+cached under a name made of exactly those.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +109,16 @@ def mig(latents: torch.Tensor, labels: list[str], bins: int = MIG_BINS) -> dict:
     h = entropy_bits(y)
     return {"mig": float((top[0] - top[1]) / h), "top_mi_bits": float(top[0]), "entropy_bits": h,
             "top_feature": int(mi.argmax())}
+
+
+def mig_null(latents: torch.Tensor, labels: list[str], n_permutations: int = 5, seed: int = 0,
+             bins: int = MIG_BINS) -> float:
+    """MIG of the same latents against randomly permuted labels, averaged: what MIG reads when the
+    latents carry no information about the factor (its small-sample bias). A MIG is a finding only
+    well above this."""
+    g = torch.Generator().manual_seed(seed)
+    return float(sum(mig(latents, [labels[i] for i in torch.randperm(len(labels), generator=g).tolist()], bins)["mig"]
+                     for _ in range(n_permutations)) / n_permutations)
 
 
 def correlation_stats(feats: torch.Tensor, min_fires: int = 5) -> dict:
@@ -221,10 +231,10 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     sets = labelled_sets(settings.docs_per_class)
     domains = {d: labelled_data.domain_texts(d, "held_out", ctx.held_out_percent)[:settings.domain_texts]
                for d in ("forget", "retain")}
-    key = hashlib.sha1(json.dumps([ctx.model_name, hook, context_length, {n: s["texts"] for n, s in sets.items()},
-                                   domains, held_out_tokens.tolist()]).encode()).hexdigest()[:16]
+    cache = ctx.cache_path("diagnostics", hook, context_length, {n: s["texts"] for n, s in sets.items()}, domains,
+                           held_out_tokens.tolist())
     acts = model_activations(ctx.model, hook, sets, domains, held_out_tokens, context_length, ctx.model_batch_size,
-                             ctx.cache_dir / f"diagnostics-{key}.pt")
+                             cache.with_suffix(".pt"))
 
     per_set, per_factor = {}, {}
     for name, s in tqdm(sets.items(), desc="diagnostics: labelled sets", unit="set"):
@@ -235,7 +245,7 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
                          **{f"llm_{k}": v for k, v in clustering_scores(masked_mean(a, mask), label).items()},
                          "n_docs": len(label), "n_classes": len(set(label))}
         for factor, labels in s["factors"].items():
-            per_factor[f"{name}:{factor}"] = mig(docs, labels)
+            per_factor[f"{name}:{factor}"] = {**mig(docs, labels), "mig_null": mig_null(docs, labels)}
     seq_feats = encode(sae, acts["sequences"])
     (f_acts, f_mask), (r_acts, r_mask) = acts["domains"]["forget"], acts["domains"]["retain"]
     result = {
@@ -269,6 +279,7 @@ def summarize(r: dict) -> dict:
         "llm_nmi": _mean(s["llm_nmi"] for s in c),
         "llm_silhouette": _mean(s["llm_silhouette"] for s in c),
         "mig": _mean(m["mig"] for m in r["mig"].values()),
+        "mig_null": _mean(m["mig_null"] for m in r["mig"].values()),
         "feature_corr_mean_abs": r["feature_correlation"]["mean_abs_r"],
         "feature_corr_frac_above_0.5": r["feature_correlation"]["frac_abs_r_above_0.5"],
         "decoder_cos_mean_abs": r["decoder_cosine"]["mean_abs_cos"],
@@ -286,7 +297,7 @@ def headline(r: dict) -> str:
     fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
     ac = r["autocorrelation"]
     return (f"NMI {fmt(r['nmi'])} (LLM {fmt(r['llm_nmi'])}), silhouette {fmt(r['silhouette'])} "
-            f"(LLM {fmt(r['llm_silhouette'])}), MIG {fmt(r['mig'])}, feature |r| "
+            f"(LLM {fmt(r['llm_silhouette'])}), MIG {fmt(r['mig'])} (null {fmt(r['mig_null'])}), feature |r| "
             f"{fmt(r['feature_corr_mean_abs'])}, decoder |cos| {fmt(r['decoder_cos_mean_abs'])}, "
             f"domain-specific {fmt(r['domain_specific_share'])}, autocorr lag1/8 {fmt(ac['1'])}/"
             f"{fmt(ac['8'])}, firing MI {fmt(r['firing_mi_bits'])} bits")

@@ -17,8 +17,6 @@ folder keyed by exactly those and shared across runs.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 from evals.context import EvalContext
@@ -55,7 +53,7 @@ def run_scr_or_tpp(kind: str, ctx: EvalContext, settings: Settings) -> dict:
 
     if kind not in ("scr", "tpp"):
         raise ValueError(kind)
-    model, model_name, device, cache_dir = ctx.model, ctx.model_name, ctx.device, ctx.cache_dir
+    model, model_name, device = ctx.model, ctx.model_name, ctx.device
     n_per_cell, context_length = settings.texts_per_cell, settings.context_length
     sae_id, sae = formatted_sae(ctx.sae, device)
     config = ScrAndTppEvalConfig(model_name=model_name, llm_dtype=ctx.llm_dtype, llm_batch_size=ctx.model_batch_size,
@@ -102,13 +100,12 @@ def run_scr_or_tpp(kind: str, ctx: EvalContext, settings: Settings) -> dict:
                             column1_vals, column2_vals)
 
         config.dataset_names = names
-        h = hashlib.sha1(json.dumps([kind, model_name, sae.cfg.hook_name, context_length,
-                                     config.train_set_size, texts]).encode()).hexdigest()[:16]
-        folder = cache_dir / f"{kind}-{h}"
+        folder = ctx.cache_path(kind, sae.cfg.hook_name, context_length, config.train_set_size, texts)
     else:
         offline_get_train_test_data = original  # SAEBench's stock hub data and sizes
         names = config.dataset_names
-        folder = cache_dir / f"{kind}-hub-{model_name.replace('/', '_')}-{sae.cfg.hook_name}"
+        folder = ctx.cache_path(f"{kind}-hub", sae.cfg.hook_name, config.context_length, config.train_set_size,
+                                config.dataset_names)
 
     with patched(dataset_creation, "get_train_test_data", offline_get_train_test_data), \
             patched(dataset_info, "dataset_metadata", {**dataset_info.dataset_metadata, **metadata}), \

@@ -13,8 +13,6 @@ a folder keyed by exactly those, shared across runs. Everything SAE-dependent is
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 
 from evals.context import EvalContext
@@ -32,11 +30,6 @@ class Settings:
     train_per_class: int = 40  # offline sets: texts per class
     test_per_class: int = 20
     context_length: int = 64  # tokens per text (SAEBench pads to it)
-
-
-def _activation_cache_key(model_name: str, hook: str, context_length: int, s: labelled_data.LabelledSet) -> str:
-    h = hashlib.sha1(json.dumps([model_name, hook, context_length, s.name, s.train, s.test]).encode())
-    return f"{s.name}-{h.hexdigest()[:16]}"
 
 
 def run(ctx: EvalContext, settings: Settings) -> dict:
@@ -81,9 +74,10 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
                     {**dataset_info.chosen_classes_per_dataset, **{n: list(s.classes) for n, s in sets.items()}}):
         for name in names:
             config = SparseProbingEvalConfig(**{**dataclasses.asdict(base), "dataset_names": [name]})
-            key = _activation_cache_key(model_name, sae.cfg.hook_name, config.context_length, sets[name]) \
-                if name in sets else f"hub-{name.replace('/', '_')}-{model_name.replace('/', '_')}-{sae.cfg.hook_name}"
-            results, classes = sp_main.run_eval_single_sae(config, sae, model, device, str(ctx.cache_dir / key),
+            texts = (sets[name].train, sets[name].test) if name in sets else "SAEBench's own split"
+            cache = ctx.cache_path(f"sparse-probing-{name.replace('/', '_')}", sae.cfg.hook_name, config.context_length,
+                                   config.probe_train_set_size, config.probe_test_set_size, texts)
+            results, classes = sp_main.run_eval_single_sae(config, sae, model, device, str(cache),
                                                            save_activations=True)
             per_dataset[f"{name}_results"] = results[f"{name}_results"]
             per_class.update(classes)

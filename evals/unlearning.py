@@ -86,8 +86,8 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
                 s.batch_size)
             fa.save_results(str(artifacts_dir), "harness", forget_sparsity, retain_sparsity)
             interventions = select_interventions(forget_sparsity, retain_sparsity)
-            result["mcq"] = embedded_mcq(model, sae, interventions, ctx.cache_dir, ctx.model_name,
-                                         s.questions_per_subject, s.min_known_questions, s.batch_size, SEED + ctx.seed)
+            result["mcq"] = embedded_mcq(model, sae, interventions, ctx.cache_path, s.questions_per_subject,
+                                         s.min_known_questions, s.batch_size, SEED + ctx.seed)
             result["data"] = {
                 "forget_corpus": "English Wikipedia summaries, topic Biology and health sciences (stand-in for the "
                                  "WMDP-bio forget corpus)",

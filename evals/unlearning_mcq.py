@@ -11,7 +11,6 @@ reported as not applicable, with the counts, when fewer than `min_known` qualify
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -104,15 +103,15 @@ def _sample(rows, n, seed):
     return [rows[i] for i in sorted(idx[:n])]
 
 
-def embedded_mcq(model, sae, interventions: list[dict], cache_dir: Path, model_name: str, per_subject: int,
-                 min_known: int, batch_size: int, seed: int) -> dict:
+def embedded_mcq(model, sae, interventions: list[dict], cache_path, per_subject: int, min_known: int,
+                 batch_size: int, seed: int) -> dict:
     """SAEBench's MCQ protocol on the embedded default: MMLU biology stand-ins for WMDP-bio, four other
     MMLU subjects for the side effects, scored with SAEBench's base-model prompts and answer tokens."""
     subjects = labelled_data.UNLEARN_QUESTION_SUBJECTS + labelled_data.UNLEARN_SIDE_EFFECT_SUBJECTS
     questions = {s: _sample(labelled_data.mmlu(s), per_subject, seed) for s in subjects}
-    # Which questions the model knows depends only on the model and the questions: cached, keyed by both.
-    key = hashlib.sha1(json.dumps([model_name, questions], default=str).encode()).hexdigest()[:16]
-    path = cache_dir / f"unlearning-known-questions-{key}.json"
+    # Which questions the model knows depends only on the model and the questions: cached, keyed by both
+    # (cache_path(kind, *depends_on) -> Path: evals.context.EvalContext.cache_path).
+    path = cache_path("unlearning-known-questions", questions).with_suffix(".json")
     if path.exists():
         known = json.loads(path.read_text())
     else:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tests.conftest import make_sequences
+from trainers.data import Document
 from trainers.buffer import ActivationBuffer
 from trainers.model import ModelError, hook_layer
 
@@ -90,3 +91,40 @@ def test_mean_activation_is_the_mean_of_what_the_buffer_holds(tiny_model):
     mean = buf.mean_activation()
     full = model_acts(tiny_model, seqs.tokens, HOOK)[:, 1:] * buf.scale[0]
     torch.testing.assert_close(mean, full.reshape(-1, 16).mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_neighbours_never_cross_into_another_document_packed_into_the_same_sequence(tiny_model):
+    seqs = make_sequences(n_seq=6, ctx=9)
+    # each sequence packs documents of 3 and 5 tokens: positions 1-3 document 2i, 4-8 document 2i+1
+    for i in range(6):
+        seqs.doc_index[i, 1:4], seqs.doc_index[i, 4:] = 2 * i, 2 * i + 1
+    seqs.documents = [Document(str(j)) for j in range(12)]
+    buf = ActivationBuffer(tiny_model, seqs, [HOOK], seqs_per_fill=6)
+    batch = buf.next_batch(24)
+    full = model_acts(tiny_model, seqs.tokens, HOOK) * buf.scale[0]
+    assert torch.equal(batch.doc, seqs.doc_index[batch.seq, batch.pos].long())
+    n_valid = 0
+    for offset in (-4, -2, -1, 1, 2, 4):
+        acts, valid = buf.neighbours(batch, offset)
+        target = batch.pos + offset
+        inside = (target >= 1) & (target <= 8)
+        same_doc = inside & (seqs.doc_index[batch.seq, target.clamp(0, 8)].long() == batch.doc)
+        assert torch.equal(valid, same_doc), offset
+        ok = valid.nonzero().flatten()
+        torch.testing.assert_close(acts[ok, 0], full[batch.seq[ok], target[ok]], rtol=1e-4, atol=1e-5)
+        n_valid += len(ok)
+    assert n_valid > 20
+
+
+def test_the_buffer_reports_what_it_served_and_how_many_rows_it_served_again(tiny_model):
+    seqs = make_sequences(n_seq=8, ctx=9)  # 64 rows
+    buf = ActivationBuffer(tiny_model, seqs, [HOOK], seqs_per_fill=4)
+    for _ in range(6):
+        buf.next_batch(8)  # 48 rows: one pass, nothing twice
+    d = buf.served_description()
+    assert d["rows_served"] == 48 and d["rows_repeated"] == 0 and d["sequences_available"] == 8
+    for _ in range(10):
+        buf.next_batch(8)  # 128 rows from 64: a second pass
+    d = buf.served_description()
+    assert d["rows_served"] == 128 and d["rows_repeated"] == 128 - 64 and d["passes_started"] >= 2
+    assert d["sequences_served"] == 8 and d["documents_served"] == 8

@@ -29,6 +29,17 @@ def test_mig_is_one_when_one_feature_encodes_the_factor_and_no_other_does():
     assert d.mig(latents, labels)["mig"] == pytest.approx(0.0)
 
 
+def test_mig_null_is_the_mig_of_permuted_labels_and_far_below_an_informative_features_mig():
+    g = torch.Generator().manual_seed(0)
+    labels = ["a", "b"] * 200
+    latents = torch.rand(400, 50, generator=g)
+    latents[:, 0] = torch.tensor([0.0, 1.0] * 200)  # encodes the label
+    assert d.mig(latents, labels)["mig"] > 0.8
+    null = d.mig_null(latents, labels, n_permutations=5, seed=0)
+    assert 0 <= null < 0.1
+    assert null == d.mig_null(latents, labels, n_permutations=5, seed=0)  # seeded
+
+
 def test_correlation_and_decoder_cosine_statistics_match_hand_values():
     t = torch.arange(1.0, 9.0)
     feats = torch.stack([t, 2 * t, torch.tensor([1.0, 0, 0, 1, 1, 0, 0, 1]) + 1], dim=1)  # r = 1, 0, 0

@@ -76,6 +76,9 @@ def test_tiny_default_run_writes_a_sane_final_info_sae_and_notes(tiny_run):
     assert tr["n_steps"] == 100 and tr["n_tokens"] == 12800 and tr["tokens_per_s"] > 0
     assert tr["curves"]["step"][0] == 1 and tr["curves"]["step"][-1] == 100
     assert tr["final"]["averaged_over_last_steps"] >= 1
+    assert tr["final"]["dead_window_tokens"] == 100 // 4 * 128  # capped at a quarter of the run
+    trained = info["data"]["trained_on"]
+    assert trained["rows_served"] == 12800 and trained["rows_repeated"] == 0 and trained["passes_started"] == 1
     core = info["core"]
     for key in ("eval_type_id", "eval_config", "eval_result_metrics", "eval_result_details", "sae_cfg_dict"):
         assert key in core

@@ -28,7 +28,7 @@ def with_evals(info, mcq=None, absorption=0.2):
     info["tpp"] = {"metric_by_n_latents": {"2": 0.01, "5": 0.05, "10": 0.1}}
     info["absorption"] = {"status": "ok", "mean_absorption_fraction_score": absorption}
     info["diagnostics"] = {"status": "ok", "nmi": 0.3, "llm_nmi": 0.25, "silhouette": 0.05, "llm_silhouette": 0.04,
-                           "mig": 0.02, "feature_corr_mean_abs": 0.01, "decoder_cos_mean_abs": 0.03,
+                           "mig": 0.02, "mig_null": 0.005, "feature_corr_mean_abs": 0.01, "decoder_cos_mean_abs": 0.03,
                            "domain_specific_share": 0.2, "cross_group_decoder_abs_cos": None, "firing_mi_bits": 0.003,
                            "autocorrelation": {"1": 0.05, "2": 0.02, "4": 0.015, "8": 0.01}}
     return info

@@ -45,6 +45,17 @@ def test_explained_variance_is_zero_for_the_mean_and_one_for_perfect_on_large_me
     assert explained_variance(x, half) == pytest.approx(0.75)
 
 
+def test_explained_variance_charges_a_constant_offset_in_the_reconstruction():
+    g = torch.Generator().manual_seed(1)
+    x = 50.0 + torch.randn(400, 4, generator=g, dtype=torch.float64)
+    offset = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    # x + c: the error is c on every row, so FVU = |c|^2 / (total variance per row) = 1 / 4 here (unit variances)
+    ev = explained_variance(x, x + offset)
+    total_per_row = (x - x.mean(0)).pow(2).sum(1).mean()
+    assert ev == pytest.approx(1 - 1 / float(total_per_row)) and ev < 0.8
+    assert explained_variance(x, x.mean(0) + offset) < 0  # the mean off by a constant: worse than the mean
+
+
 @pytest.mark.parametrize("variant", ["relu", "topk"])
 def test_training_keeps_decoder_unit_norm_starts_b_dec_at_mean_and_moves_every_parameter(tiny_model, variant):
     seqs = make_sequences(n_seq=16)

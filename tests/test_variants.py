@@ -57,10 +57,11 @@ class FakeBuffer:
         return self.forget
 
 
-def attach(sae, buffer, n, seq=None, step=0):
-    """Hand the SAE its step data the way the trainer does (`begin_step`); returns it."""
-    batch = SimpleNamespace(rows=torch.arange(n), seq=torch.arange(n) if seq is None else seq,
-                            pos=torch.ones(n, dtype=torch.long))
+def attach(sae, buffer, n, doc=None, step=0):
+    """Hand the SAE its step data the way the trainer does (`begin_step`); returns it. Each row its own
+    sequence; documents as given (default: each row its own)."""
+    batch = SimpleNamespace(rows=torch.arange(n), seq=torch.arange(n), pos=torch.ones(n, dtype=torch.long),
+                            doc=torch.arange(n) if doc is None else doc)
     data = StepData(batch=batch, step=step, source=buffer)
     sae.begin_step(data)
     return data
@@ -127,6 +128,16 @@ def test_contrastive_loss_equals_hand_value_and_reaches_encoder_and_head_not_dec
     g = grads_of(sae, out.losses["contrastive_loss"])
     assert g["W_enc"] and g["b_enc"] and g["head.weight"] and not g["W_dec"]
     assert not any(k.startswith("head") for k in sae.state_dict())  # the head is not saved with the SAE
+
+
+def test_contrastive_masks_negatives_from_the_anchors_own_document():
+    sae, buffer = contrastive_sae()
+    attach(sae, buffer, 2, doc=torch.tensor([5, 5]))  # both rows from one document: no negative left
+    out = sae.training_forward_pass(step_input(torch.tensor([[1.0, 0.0], [0.0, 2.0]])))
+    assert out.losses["contrastive_loss"].item() == pytest.approx(0.0, abs=1e-6)  # log(e^1 / e^1)
+    attach(sae, buffer, 2, doc=torch.tensor([5, 6]))  # two documents: the hand value of the test above
+    out = sae.training_forward_pass(step_input(torch.tensor([[1.0, 0.0], [0.0, 2.0]])))
+    assert out.losses["contrastive_loss"].item() == pytest.approx(0.5 * LOG1PE, rel=1e-5)
 
 
 def test_feature_mixing_negatives_match_hand_value():
@@ -249,10 +260,10 @@ def test_adversarial_similarity_ema_tracks_mean_and_std():
 
 # ---- temporal -----------------------------------------------------------------------------------
 
-def test_temporal_nce_masks_same_sequence_negatives_and_matches_hand_value():
+def test_temporal_nce_masks_same_document_negatives_and_matches_hand_value():
     anchor, positive = torch.tensor([[1.0, 0]]), torch.tensor([[1.0, 0]])
     negatives = torch.tensor([[0.0, 1], [1.0, 0]])
-    # the second negative is from the anchor's own sequence (7): masked; logits [1, 0]
+    # the second negative is from the anchor's own document (7): masked; logits [1, 0]
     loss = temporal.temporal_nce(anchor, positive, negatives, torch.tensor([7]), torch.tensor([5, 7]), 1.0)
     assert loss.item() == pytest.approx(LOG1PE)
 
@@ -262,19 +273,19 @@ def test_negative_queue_is_circular():
     q.push(torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([1, 2, 3]))
     q.push(torch.tensor([[4.0], [5.0], [6.0]]), torch.tensor([4, 5, 6]))
     assert q.filled == 4 and q.next == 2
-    assert q.vectors.squeeze(1).tolist() == [5.0, 6.0, 3.0, 4.0] and q.seq.tolist() == [5, 6, 3, 4]
+    assert q.vectors.squeeze(1).tolist() == [5.0, 6.0, 3.0, 4.0] and q.doc.tolist() == [5, 6, 3, 4]
 
 
 def test_temporal_term_uses_queue_negatives_and_reaches_encoder_not_decoder():
     sae = identity_sae("temporal", weight=1.0, temperature=1.0, window=2, queue_size=8, negatives_per_step=8)
     buffer = FakeBuffer(torch.tensor([[2.0, 0.0]]))
-    attach(sae, buffer, 1, seq=torch.tensor([3]))
+    attach(sae, buffer, 1, doc=torch.tensor([3]))
     x = torch.tensor([[1.0, 0.0]])
     out = sae.training_forward_pass(step_input(x))
     assert out.losses["temporal_loss"].item() == 0.0 and sae.queue.filled == 1  # empty queue: no term yet
-    sae.queue.push(torch.tensor([[0.0, 1.0]]), torch.tensor([9]))  # one negative from another sequence
+    sae.queue.push(torch.tensor([[0.0, 1.0]]), torch.tensor([9]))  # one negative from another document
     out = sae.training_forward_pass(step_input(x))
-    # positive cos 1, negatives: [0,1] (other sequence) -> 0; [1,0] (own sequence 3) masked
+    # positive cos 1, negatives: [0,1] (other document) -> 0; [1,0] (own document 3) masked
     assert out.losses["temporal_loss"].item() == pytest.approx(LOG1PE, rel=1e-5)
     buffer.acts = torch.tensor([[2.0, 0.5]])  # off the flat point of relu, for the gradient check
     out = sae.training_forward_pass(step_input(torch.tensor([[1.0, 0.3]])))

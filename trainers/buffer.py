@@ -63,6 +63,8 @@ class ActivationBuffer:
         d = model.cfg.d_model
         self.storage = torch.zeros(n_slots * self.seq_len, len(hook_names), d, dtype=self.dtype, device=self.device)
         self.slot_seq = torch.full((n_slots,), -1, dtype=torch.long, device=self.device)
+        # the document of every stored row (-1: none), so a neighbour lookup can stay inside one document
+        self.row_doc = torch.full((n_slots * self.seq_len,), -1, dtype=torch.long, device=self.device)
         self.generator = torch.Generator().manual_seed(seed)
         self.order = torch.randperm(len(sequences), generator=self.generator)
         self.next_seq = 0  # position in self.order
@@ -72,6 +74,7 @@ class ActivationBuffer:
         self.leftover = torch.empty(0, dtype=torch.long, device=self.device)
         self.scale: torch.Tensor | None = None  # [n_hooks]
         self.n_model_tokens = 0  # tokens pushed through the model (BOS included)
+        self.rows_served = torch.zeros(len(sequences), dtype=torch.long)  # per sequence: rows handed to training
         self._topic_masks: dict[str, torch.Tensor] = {}
 
     # ---- model side -------------------------------------------------------------------------
@@ -113,6 +116,7 @@ class ActivationBuffer:
         start = first_slot * self.seq_len
         self.storage[start : start + rows_per_fill] = acts.reshape(rows_per_fill, len(self.hook_names), -1)
         self.slot_seq[first_slot : first_slot + self.seqs_per_fill] = seq_ids.to(self.device)
+        self.row_doc[start : start + rows_per_fill] = self.sequences.doc_index[seq_ids, 1:].reshape(-1).to(self.device)
         new_rows = start + torch.randperm(rows_per_fill, generator=self.generator).to(self.device)
         split = 0 if self.n_fills == 0 else rows_per_fill // 2  # the first fill is served whole
         served_now, kept = new_rows[split:], new_rows[:split]
@@ -140,27 +144,42 @@ class ActivationBuffer:
             rest = self._gather(self.queue[: batch_size - len(carry.rows)])
             self.queue = self.queue[batch_size - len(carry.rows) :]
             carry.rows = torch.full_like(carry.rows, -1)  # their storage may be gone: no neighbours
-            return ActivationBatch(*(torch.cat([getattr(carry, f), getattr(rest, f)]) for f in ("acts", "seq", "pos", "rows", "doc")))
-        rows, self.queue = self.queue[:batch_size], self.queue[batch_size:]
-        return self._gather(rows)
+            batch = ActivationBatch(*(torch.cat([getattr(carry, f), getattr(rest, f)])
+                                      for f in ("acts", "seq", "pos", "rows", "doc")))
+        else:
+            rows, self.queue = self.queue[:batch_size], self.queue[batch_size:]
+            batch = self._gather(rows)
+        self.rows_served += torch.bincount(batch.seq.cpu(), minlength=len(self.rows_served))
+        return batch
 
     def _gather(self, rows: torch.Tensor) -> ActivationBatch:
         slot, t = rows // self.seq_len, rows % self.seq_len
-        seq, pos = self.slot_seq[slot], t + 1
-        doc = self.sequences.doc_index[seq.cpu(), pos.cpu()].to(self.device)  # index on the host: B values move
-        return ActivationBatch(acts=self.storage[rows], seq=seq, pos=pos, rows=rows, doc=doc)
+        return ActivationBatch(acts=self.storage[rows], seq=self.slot_seq[slot], pos=t + 1, rows=rows,
+                               doc=self.row_doc[rows])
 
     def neighbours(self, batch: ActivationBatch, offset: torch.Tensor | int):
-        """Activations at position pos+offset of the same sequence, for every row of `batch`.
+        """Activations at position pos+offset of the same document, for every row of `batch`.
 
-        Returns (acts [B, n_hooks, d], valid [B]); invalid where the neighbour would fall outside
-        the sequence, on BOS, or where the row's storage was recycled (rows == -1).
+        Returns (acts [B, n_hooks, d], valid [B]); invalid where the neighbour would fall outside the
+        sequence, on BOS, in another document packed into the same sequence, or where the row's
+        storage was recycled (rows == -1).
         """
         offset = torch.as_tensor(offset, device=self.device).expand_as(batch.rows)
         t = batch.rows % self.seq_len + offset
         valid = (batch.rows >= 0) & (t >= 0) & (t < self.seq_len)
         rows = torch.where(valid, batch.rows - batch.rows % self.seq_len + t, torch.zeros_like(t))
+        valid &= self.row_doc[rows] == batch.doc
         return self.storage[rows], valid
+
+    def served_description(self) -> dict:
+        """What training actually read: sequences and documents served, and rows served again (a row served twice counts once)."""
+        seq_len = self.seq_len
+        served = self.rows_served
+        touched = served.nonzero().squeeze(1)
+        docs = self.sequences.doc_index[touched, 1:]
+        return {"sequences_served": int(len(touched)), "documents_served": int(docs[docs >= 0].unique().numel()),
+                "rows_served": int(served.sum()), "rows_repeated": int((served - seq_len).clamp_min(0).sum()),
+                "passes_started": self.epochs_started, "sequences_available": len(served)}
 
     def has_topic(self, batch: ActivationBatch, topic: str) -> torch.Tensor:
         """[B] bool: whether each row's document carries `topic` (the domain tag variants group by)."""

