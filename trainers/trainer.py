@@ -5,9 +5,9 @@ warm-up (L1), gradient clipping and dead-feature bookkeeping; we drive it one `s
 from our own buffer (its `fit()` wants a plain tensor iterator and logs only to wandb). Added here,
 because SAELens does not do them: the decoder rows are kept at unit norm (gradient projected onto
 the tangent space, rows renormalized after every step), b_dec starts at the data mean, the variant
-sees the current batch's provenance (sequence, position) and the buffer for neighbours, metrics
-are logged to memory every `log_every` steps, and the final numbers are averaged over the last
-steps instead of read off one batch.
+is handed the batch's provenance and true neighbours (StepData, below), metrics are logged to
+memory every `log_every` steps, and the final numbers are averaged over the last steps instead of
+read off one batch.
 
 The variant contract: before each step the trainer calls `sae.begin_step(StepData(...))` on SAEs
 that define it (the seed variants, trainers/variant_sae.py). StepData is everything a variant may
@@ -85,7 +85,8 @@ class StepData:
 
     def neighbours(self, offset: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
         """(acts [B, d] fp32, valid [B]): each row's activation `offset` positions away in the same
-        sequence; invalid outside the sequence, on BOS, or where the row's storage was recycled."""
+        document; invalid outside the sequence, on BOS, in another document packed into the same
+        sequence, or where the row's storage was recycled."""
         acts, valid = self.source.neighbours(self.batch, offset)
         return acts[:, self.hook_index].float(), valid
 
