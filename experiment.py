@@ -79,16 +79,13 @@ def parse(argv: list[str]) -> Config:
             eval_names = selected_evals(value)
         else:
             set_flag([target, training, system], key, value)
-    if target.variant not in VARIANTS:
-        raise UsageError(f"unknown variant {target.variant!r}; choose one of {', '.join(VARIANTS)}")
-    target.resolve()
+    variant = target.resolve(VARIANTS)
     for section, name in [(target, "d_sae"), (target, "context_size")] + [
             (training, n) for n in ("n_tokens", "batch_size", "log_every", "seqs_per_fill", "model_batch_size")]:
         if getattr(section, name) <= 0:
             raise UsageError(f"--{name} must be positive")
     if training.n_tokens < training.batch_size:
         raise UsageError(f"--n_tokens={training.n_tokens} is less than one batch ({training.batch_size}): 0 training steps")
-    variant = VARIANTS[target.variant].Config()
     evals = {name: EVALS[name].Settings() for name in eval_names}
     why_not = {**{v: f"variant {v!r} is not the one this run trains ({target.variant!r})" for v in VARIANTS},
                **{e: f"eval {e!r} is not selected (add it to --evals)" for e in EVALS}}

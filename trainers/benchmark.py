@@ -48,10 +48,7 @@ def parse(argv: list[str]):
     target, training, system = Target(), TrainSettings(n_tokens=40_000), System()
     for key, value in flags:
         set_flag([target, training, system], key, value)
-    if target.variant not in VARIANTS:
-        raise UsageError(f"unknown variant {target.variant!r}; choose one of {', '.join(VARIANTS)}")
-    target.resolve()
-    variant_cfg = VARIANTS[target.variant].Config()
+    variant_cfg = target.resolve(VARIANTS)
     for item in sets:
         set_named({target.variant: variant_cfg}, item, {})
     VARIANTS[target.variant].check(variant_cfg)

@@ -32,14 +32,18 @@ class Target:
     context_size: int = 128
     held_out_percent: int = 10  # documents held out of training; every eval reads only those
 
-    def resolve(self) -> None:
-        """Fill the "auto" fields from the model's defaults."""
+    def resolve(self, variants: dict) -> object:
+        """Check the variant's name, fill the "auto" fields from the model's defaults; return the
+        variant's default settings (its `Config()`)."""
+        if self.variant not in variants:
+            raise UsageError(f"unknown variant {self.variant!r}; choose one of {', '.join(variants)}")
         if self.model not in MODEL_DEFAULTS and ("auto" in (self.hook, self.dataset) or self.d_sae == 0):
             raise UsageError(f"model {self.model!r} has no defaults here: give --hook, --dataset and --d_sae")
         hook, d_sae, dataset = MODEL_DEFAULTS.get(self.model, (self.hook, self.d_sae, self.dataset))
         self.hook = hook if self.hook == "auto" else self.hook
         self.d_sae = d_sae if self.d_sae == 0 else self.d_sae
         self.dataset = dataset if self.dataset == "auto" else self.dataset
+        return variants[self.variant].Config()
 
 
 @dataclass
