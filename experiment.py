@@ -216,6 +216,11 @@ def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResu
             continue
         failures += getattr(module, "failures", lambda _: [])(r)
         summary.update(getattr(module, "key_numbers", lambda _: {})(r))
+    data = {"train_sequences": len(loaded.train_seqs), "train_documents": len(loaded.train_seqs.documents),
+            "trained_on": loaded.buffer.served_description(),
+            **context.held_out_description({d.text for d in loaded.train_seqs.documents}), "source": cfg.target.dataset}
+    if data["eval_texts_in_training_documents"]:
+        failures.append(f"{data['eval_texts_in_training_documents']} eval texts are training documents")
     status = "ok" if not failures else "failed"
     info = {
         "status": status,
@@ -224,9 +229,7 @@ def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResu
         "summary": summary,
         "config": cfg.to_json(),
         "training": training,
-        "data": {"train_sequences": len(loaded.train_seqs), "train_documents": len(loaded.train_seqs.documents),
-                 "trained_on": loaded.buffer.served_description(), **context.held_out_description(),
-                 "source": cfg.target.dataset},
+        "data": data,
         "environment": {"device": loaded.device, "model_dtype": str(loaded.dtype), "torch": torch.__version__,
                         "threads": torch.get_num_threads()},
         "wall_time_s": time.perf_counter() - t_start,

@@ -186,10 +186,21 @@ def plot_unlearning(runs, out: Path) -> Path | None:
     if not runs:
         return None
     u = [r["info"]["unlearning"] for r in runs]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     _bars_or_na(axes[0], runs, [x["loss_unlearning_score"] for x in u],
-                f"loss-based: forget-loss rise, retain within +{u[0]['loss_score_tolerance']:.0%}")
+                f"loss-based: forget-loss rise (score half),\nretain within +{u[0]['loss_score_tolerance']:.0%} (select half)")
     _bars_or_na(axes[1], runs, [x["mcq_unlearning_score"] for x in u], "SAEBench MCQ unlearning score")
+    ax = axes[2]
+    for i, (r, x) in enumerate(zip(runs, u)):
+        curve = x.get("loss_curve") or []  # older runs have no curve
+        if curve:
+            ax.plot([100 * p["retain_loss_increase"] for p in curve], [100 * p["forget_loss_increase"] for p in curve],
+                    "o", color=f"C{i}", ms=4, label=r["label"])
+    ax.axvline(100 * u[0]["loss_score_tolerance"], color="gray", ls="--", lw=1, label="retain tolerance")
+    ax.set(xscale="symlog", xlabel="retain-loss rise, % (score half)", ylabel="forget-loss rise, % (score half)",
+           title="every intervention of the sweep")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     return _save(fig, out / "unlearning.png")
 
 

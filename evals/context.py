@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from trainers import labelled_data
 from trainers.data import TokenSequences, build_sequences
 
 # The held-out documents are read in one fixed shuffled order, whatever the training seed, so every
@@ -33,6 +34,21 @@ class EvalContext:
     seed: int  # the run's seed
     _held_out: TokenSequences | None = field(default=None, repr=False)
     _held_out_asked: int = field(default=0, repr=False)  # the most sequences any eval has asked for
+    texts_read: set[str] = field(default_factory=set, repr=False)  # every labelled text handed to an eval
+
+    def labelled(self, build, *args, **kwargs):
+        """A labelled set from trainers.labelled_data (`build` is one of its set builders), drawn only from
+        documents training never read. The one way evals get wiki text: what it hands out is recorded,
+        and checked against the training split when the run is written."""
+        s = build(*args, held_out_percent=self.held_out_percent, part="held_out", **kwargs)
+        self.texts_read.update(t for t, _ in s.train + s.test)
+        return s
+
+    def domain_texts(self, domain: str) -> list[str]:
+        """Unlearning's held-out "forget" or "retain" texts (see labelled_data.domain_texts)."""
+        texts = labelled_data.domain_texts(domain, held_out_percent=self.held_out_percent, part="held_out")
+        self.texts_read.update(texts)
+        return texts
 
     def held_out(self, n_sequences: int) -> torch.Tensor:
         """The first `n_sequences` held-out sequences [n, context_size], BOS first (fewer if the split
@@ -52,8 +68,11 @@ class EvalContext:
         key = [self.model_name, self.llm_dtype, self.device.split(":")[0], *depends_on]
         return self.cache_dir / f"{kind}-{hashlib.sha1(json.dumps(key, default=str).encode()).hexdigest()[:16]}"
 
-    def held_out_description(self) -> dict:
-        """What the evals read of the held-out split (for final_info.json's data section)."""
-        if self._held_out is None:
-            return {"held_out_sequences": 0, "held_out_documents": 0}
-        return {"held_out_sequences": len(self._held_out), "held_out_documents": len(self._held_out.documents)}
+    def held_out_description(self, training_texts: set[str]) -> dict:
+        """What the evals read (for final_info.json's data section), and how many of those texts are
+        among `training_texts`, the documents training tokenized (0, or the run fails)."""
+        docs = [] if self._held_out is None else [d.text for d in self._held_out.documents]
+        read = self.texts_read | set(docs)
+        return {"held_out_sequences": 0 if self._held_out is None else len(self._held_out),
+                "held_out_documents": len(docs), "eval_texts_read": len(read),
+                "eval_texts_in_training_documents": len(read & training_texts)}

@@ -183,16 +183,16 @@ def temporal_stats(feats: torch.Tensor, lags=LAGS, min_fires: int = 5) -> dict:
 
 # ---- data and model side ----------------------------------------------------------------------
 
-def labelled_sets(docs_per_class: int) -> dict[str, dict]:
+def labelled_sets(ctx: EvalContext, docs_per_class: int) -> dict[str, dict]:
     """{set name: {"texts": [...], "factors": {factor: labels}}}: train and test texts together
     (no probe is fitted here)."""
     half = max(2, docs_per_class // 2)
     out = {}
     for name, build in labelled_data.PROBING_SETS.items():
-        s = build(n_train=half, n_test=half)
+        s = ctx.labelled(build, n_train=half, n_test=half)
         rows = s.train + s.test
         out[name] = {"texts": [t for t, _ in rows], "factors": {s.label: [y for _, y in rows]}}
-    s = labelled_data.topic_language_set(n_train=half, n_test=half)
+    s = ctx.labelled(labelled_data.topic_language_set, n_train=half, n_test=half)
     rows = s.train + s.test
     out[s.name] = {"texts": [t for t, _ in rows], "factors": {
         s.label: [y for _, y in rows], "language": s.extra_train["language"] + s.extra_test["language"]}}
@@ -228,9 +228,8 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     sae, context_length, alpha = ctx.sae, settings.context_length, settings.alpha
     hook = sae.cfg.metadata.hook_name
     held_out_tokens = ctx.held_out(settings.sequences)
-    sets = labelled_sets(settings.docs_per_class)
-    domains = {d: labelled_data.domain_texts(d, "held_out", ctx.held_out_percent)[:settings.domain_texts]
-               for d in ("forget", "retain")}
+    sets = labelled_sets(ctx, settings.docs_per_class)
+    domains = {d: ctx.domain_texts(d)[:settings.domain_texts] for d in ("forget", "retain")}
     cache = ctx.cache_path("diagnostics", hook, context_length, {n: s["texts"] for n, s in sets.items()}, domains,
                            held_out_tokens.tolist())
     acts = model_activations(ctx.model, hook, sets, domains, held_out_tokens, context_length, ctx.model_batch_size,

@@ -64,7 +64,7 @@ def run_scr_or_tpp(kind: str, ctx: EvalContext, settings: Settings) -> dict:
     if ctx.embedded:
         config.context_length = context_length
         if kind == "scr":
-            s = labelled_data.topic_language_set(n_per_cell, n_per_cell // 2, SCR_TOPICS, SCR_LANGUAGES)
+            s = ctx.labelled(labelled_data.topic_language_set, n_per_cell, n_per_cell // 2, SCR_TOPICS, SCR_LANGUAGES)
             train = _frame(s.train, s.extra_train["language"])
             test = _frame(s.test, s.extra_test["language"])
             # SAEBench puts train_set_size // 4 texts in each quadrant and needs strictly more than twice
@@ -81,7 +81,7 @@ def run_scr_or_tpp(kind: str, ctx: EvalContext, settings: Settings) -> dict:
                                 "attribute_2_spurious": "language", "attribute_2_values": list(SCR_LANGUAGES),
                                 "biased_probe": f"{SCR_TOPICS[0]}+{SCR_LANGUAGES[0]} vs {SCR_TOPICS[1]}+{SCR_LANGUAGES[1]}"}
         else:
-            s = labelled_data.topic_set(n_per_cell, n_per_cell // 2)
+            s = ctx.labelled(labelled_data.topic_set, n_per_cell, n_per_cell // 2)
             classes[TPP_SET] = list(s.classes)
             column2[TPP_SET] = ("unused", "unused")  # SAEBench reads this entry for TPP too
             config.train_set_size, config.test_set_size = len(s.train), len(s.test)

@@ -52,7 +52,7 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     base = SparseProbingEvalConfig(model_name=model_name, llm_dtype=ctx.llm_dtype, llm_batch_size=ctx.model_batch_size,
                                    k_values=K_VALUES, random_seed=SEED)
     if ctx.embedded:
-        sets = {n: labelled_data.PROBING_SETS[n](settings.train_per_class, settings.test_per_class)
+        sets = {n: ctx.labelled(labelled_data.PROBING_SETS[n], settings.train_per_class, settings.test_per_class)
                 for n in OFFLINE_SETS}
         names = list(sets)
         base.context_length = settings.context_length

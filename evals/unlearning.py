@@ -8,11 +8,24 @@ use the same selection:
 - SAEBench's multiple-choice score (evals/unlearning_mcq.py), where the model knows enough questions;
 - the loss-based score (evals/unlearning_loss.py), on held-out forget and retain text, on any model.
 Forget text = English Wikipedia biology/health summaries (stand-in for the WMDP-bio forget corpus),
-retain text = the other English summaries (stand-in for WikiText), split like the SAE's training data.
+retain text = the other English summaries (stand-in for WikiText), held-out documents only.
+
+The loss-based score is selected on one half of that text and measured on the other: the held-out
+forget and retain documents are split in two by a hash salted with `split_seed`; firing frequencies
+and the choice of the best intervention use the "select" half, and the score is that intervention's
+forget-loss increase on the "score" half. The whole sweep is also measured on the score half (the
+forget-vs-retain curve). Rerun with another `split_seed` to see how much the score moves.
+
+Multipliers: SAEBench's (25, 50, 100, 200) are absolute activation values chosen for gemma-2-2b, whose
+residual stream norm at the layers SAEBench unlearns is about REFERENCE_NORM. A clamp of -m adds
+-m x decoder row to the residual, so its effect is relative to the residual's norm; on another model
+they are scaled by (median token norm at the SAE's hook, measured on the select half) / REFERENCE_NORM.
+On Gemma 3 270M that norm is ~3,500, so the unscaled values were ~12x too weak.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,11 +36,13 @@ from evals.saebench_glue import formatted_sae, grad_mode_restored, hooks_cleared
 from evals.unlearning_loss import loss_sweep, loss_unlearning_score
 from evals.unlearning_mcq import embedded_mcq, full_scale_mcq
 from trainers import labelled_data
+from trainers.data import is_held_out
 
 RESULT_FILE = "unlearning_eval_results.json"
 RETAIN_THRESHOLDS = (0.001, 0.01)  # SAEBench's default sweep
 N_FEATURES = (10, 20)
-MULTIPLIERS = (25, 50, 100, 200)
+MULTIPLIERS = (25, 50, 100, 200)  # SAEBench's, for gemma-2-2b: scaled to the model (module doc)
+REFERENCE_NORM = 300.0  # gemma-2-2b's residual norm at SAEBench's unlearning layers (issue 10's figure; no hub here to re-measure)
 SEQ_LEN = 128
 SEED = 42  # plus the run's seed: the sampled known-question set
 
@@ -35,14 +50,15 @@ SEED = 42  # plus the run's seed: the sampled known-question set
 @dataclass
 class Settings:
     sparsity_rows: int = 48  # 128-token rows per corpus for the feature firing frequencies (embedded default)
-    loss_rows: int = 4  # held-out 128-token rows per corpus for the loss-based score
+    loss_rows: int = 24  # 128-token rows per corpus and per half (select, score) for the loss-based score
     loss_tolerance: float = 0.01  # loss-based score: max relative retain-loss increase allowed
+    split_seed: int = 0  # which held-out documents are in the select half and which in the score half
     questions_per_subject: int = 16  # MCQ known-question filter sample (MMLU stand-ins), cached per model
     min_known_questions: int = 8  # fewer known questions: the MCQ score is not applicable
     batch_size: int = 8  # sequences / prompts per LM forward pass
 
 
-def select_interventions(forget_sparsity, retain_sparsity) -> list[dict]:
+def select_interventions(forget_sparsity, retain_sparsity, multipliers=MULTIPLIERS) -> list[dict]:
     """The sweep: for each (retain threshold, n features, multiplier), the features it clamps."""
     from sae_bench.evals.unlearning.utils import feature_activation as fa
 
@@ -50,9 +66,20 @@ def select_interventions(forget_sparsity, retain_sparsity) -> list[dict]:
     for threshold in RETAIN_THRESHOLDS:
         ranked = fa.get_top_features(forget_sparsity, retain_sparsity, retain_threshold=threshold)
         for n_features in N_FEATURES:
-            for multiplier in MULTIPLIERS:
+            for multiplier in multipliers:
                 out.append({"retain_threshold": threshold, "n_features": n_features, "multiplier": multiplier,
                             "features": ranked[:n_features]})
+    return out
+
+
+def halves(texts: list[str], split_seed: int) -> dict[str, list[str]]:
+    """{"select": [...], "score": [...]}: every text in exactly one half (by a salted hash), each half
+    in a seeded shuffled order (the corpus is stored sorted by title)."""
+    salt = f"unlearning-halves-{split_seed}"
+    out = {"select": [t for t in texts if not is_held_out(t, 50, salt)],
+           "score": [t for t in texts if is_held_out(t, 50, salt)]}
+    for name, part in out.items():
+        random.Random(f"{salt}-{name}").shuffle(part)
     return out
 
 
@@ -65,8 +92,23 @@ def _tokens(texts: list[str], tokenizer, n_rows: int) -> torch.Tensor:
     return rows[:n_rows]
 
 
+@torch.no_grad()
+def median_token_norm(model, hook: str, tokens: torch.Tensor, batch_size: int) -> float:
+    """Median L2 norm of the hook's activations over real tokens (BOS, whose norm is far larger, excluded)."""
+    tok = model.tokenizer
+    special = torch.tensor([t for t in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if t is not None])
+    layer = int(hook.split(".")[1])
+    norms = []
+    for i in range(0, len(tokens), batch_size):
+        batch = tokens[i:i + batch_size].to(model.cfg.device)
+        _, cache = model.run_with_cache(batch, names_filter=[hook], stop_at_layer=layer + 1)
+        keep = ~torch.isin(batch.cpu(), special)
+        norms.append(cache[hook].float().norm(dim=-1).cpu()[keep])
+    return float(torch.cat(norms).median())
+
+
 def run(ctx: EvalContext, settings: Settings) -> dict:
-    """Writes unlearning_eval_results.json (sweep table and both scores); returns a summary."""
+    """Writes unlearning_eval_results.json (sweep table, curve and both scores); returns a summary."""
     from sae_bench.evals.unlearning.utils import feature_activation as fa
 
     model, s = ctx.model, settings
@@ -74,24 +116,30 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     artifacts_dir = ctx.out_dir / "artifacts" / "unlearning"
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     tok = model.tokenizer
-    corpus = lambda domain, split, n: _tokens(labelled_data.domain_texts(domain, split, ctx.held_out_percent),  # noqa: E731
-                                              tok, n)
+    text = {d: halves(ctx.domain_texts(d), s.split_seed) for d in ("forget", "retain")}
+    corpus = lambda domain, half, n: _tokens(text[domain][half], tok, n)  # noqa: E731
+    norm = median_token_norm(model, sae.cfg.hook_name, corpus("retain", "select", s.loss_rows), s.batch_size)
+    scale = norm / REFERENCE_NORM
+    multipliers = tuple(round(m * scale, 1) for m in MULTIPLIERS)
     result: dict = {"sweep": {"retain_thresholds": RETAIN_THRESHOLDS, "n_features": N_FEATURES,
-                              "multipliers": MULTIPLIERS, "intervention": "clamp_feature_activation"}}
+                              "multipliers": multipliers, "saebench_multipliers": MULTIPLIERS,
+                              "multiplier_scale": {"median_token_norm": norm, "reference_norm": REFERENCE_NORM,
+                                                   "scale": scale},
+                              "intervention": "clamp_feature_activation"}}
     with grad_mode_restored(), hooks_cleared(model):
         torch.set_grad_enabled(False)
         if ctx.embedded:
             forget_sparsity, retain_sparsity = fa.calculate_sparsity(
-                model, sae, corpus("forget", "train", s.sparsity_rows), corpus("retain", "train", s.sparsity_rows),
+                model, sae, corpus("forget", "select", s.sparsity_rows), corpus("retain", "select", s.sparsity_rows),
                 s.batch_size)
             fa.save_results(str(artifacts_dir), "harness", forget_sparsity, retain_sparsity)
-            interventions = select_interventions(forget_sparsity, retain_sparsity)
+            interventions = select_interventions(forget_sparsity, retain_sparsity, multipliers)
             result["mcq"] = embedded_mcq(model, sae, interventions, ctx.cache_path, s.questions_per_subject,
                                          s.min_known_questions, s.batch_size, SEED + ctx.seed)
             result["data"] = {
-                "forget_corpus": "English Wikipedia summaries, topic Biology and health sciences (stand-in for the "
-                                 "WMDP-bio forget corpus)",
-                "retain_corpus": "the other English Wikipedia summaries (stand-in for WikiText)",
+                "forget_corpus": "held-out English Wikipedia summaries, topic Biology and health sciences (stand-in "
+                                 "for the WMDP-bio forget corpus)",
+                "retain_corpus": "the other held-out English Wikipedia summaries (stand-in for WikiText)",
                 "forget_questions": list(labelled_data.UNLEARN_QUESTION_SUBJECTS) + ["(MMLU, stand-in for WMDP-bio)"],
                 "side_effect_questions": list(labelled_data.UNLEARN_SIDE_EFFECT_SUBJECTS),
                 "sparsity_tokens_per_corpus": s.sparsity_rows * SEQ_LEN,
@@ -99,11 +147,13 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
         else:
             result["mcq"], forget_sparsity, retain_sparsity = full_scale_mcq(model, sae, artifacts_dir, ctx.model_name,
                                                                               ctx.llm_dtype, s.batch_size)
-            interventions = select_interventions(forget_sparsity, retain_sparsity)
-        baseline, rows = loss_sweep(model, sae, interventions, corpus("forget", "held_out", s.loss_rows),
-                                    corpus("retain", "held_out", s.loss_rows), s.batch_size)
-        result["loss"] = {"baseline": baseline, **loss_unlearning_score(baseline, rows, s.loss_tolerance),
-                          "rows": rows, "held_out_tokens_per_corpus": s.loss_rows * SEQ_LEN}
+            interventions = select_interventions(forget_sparsity, retain_sparsity, multipliers)
+        sweeps = {half: loss_sweep(model, sae, interventions, corpus("forget", half, s.loss_rows),
+                                   corpus("retain", half, s.loss_rows), s.batch_size, desc=f"unlearning sweep ({half} half)")
+                  for half in ("select", "score")}
+        result["loss"] = held_out_loss_score(sweeps, s.loss_tolerance)
+        result["loss"]["data"] = {"split_seed": s.split_seed, "tokens_per_corpus_and_half": s.loss_rows * SEQ_LEN,
+                                  "documents": {d: {h: len(t) for h, t in text[d].items()} for d in text}}
     result["forget_sparsity_mean"] = float(np.mean(forget_sparsity))
     result["retain_sparsity_mean"] = float(np.mean(retain_sparsity))
     write_json_atomic(ctx.out_dir / RESULT_FILE, result)
@@ -111,14 +161,38 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     best = loss.get("best_intervention")
     return {"loss_unlearning_score": loss["score"], "loss_score_tolerance": s.loss_tolerance,
             "loss_score_reason": loss.get("reason"),
+            "loss_score_on_select_half": loss["select_half"]["score"],
             "best_loss_intervention": {k: best[k] for k in ("retain_threshold", "n_features", "multiplier",
                                                             "forget_loss_increase", "retain_loss_increase")}
             if best else None,
+            "loss_curve": loss["curve"], "multiplier_scale": scale, "split_seed": s.split_seed,
             "mcq_unlearning_score": mcq["score"], "mcq_status": mcq["status"], "mcq_reason": mcq.get("reason"),
             "n_known_questions": mcq.get("n_known_questions"), "result_file": RESULT_FILE}
 
 
+def held_out_loss_score(sweeps: dict[str, tuple[dict, list[dict]]], tolerance: float) -> dict:
+    """sweeps: {"select": (baseline, rows), "score": (baseline, rows)}, the same interventions in the
+    same order. The best intervention is chosen on the select half; the score is its forget-loss
+    increase on the score half (its retain-loss increase there is reported beside it). The curve is
+    the whole sweep on the score half: (retain increase, forget increase) per intervention."""
+    select = loss_unlearning_score(*sweeps["select"], tolerance)
+    scored = loss_unlearning_score(*sweeps["score"], tolerance)  # adds the relative increases to its rows
+    rows = sweeps["score"][1]
+    curve = sorted(({"retain_loss_increase": r["retain_loss_increase"], "forget_loss_increase": r["forget_loss_increase"],
+                     **{k: r[k] for k in ("retain_threshold", "n_features", "multiplier")}} for r in rows),
+                   key=lambda p: p["retain_loss_increase"])
+    out = {"tolerance": tolerance, "select_half": {k: v for k, v in select.items() if k != "best_intervention"},
+           "score_half_best_in_hindsight": scored["score"], "curve": curve, "rows": rows,
+           "select_rows": sweeps["select"][1], "baseline": sweeps["score"][0]}
+    if select["score"] is None:
+        return {**out, "score": None, "reason": select["reason"] + " (select half)"}
+    chosen = rows[sweeps["select"][1].index(select["best_intervention"])]
+    return {**out, "score": chosen["forget_loss_increase"], "best_intervention": chosen,
+            "retain_within_tolerance_on_score_half": chosen["retain_loss_increase"] <= tolerance + 1e-12}
+
+
 def headline(r: dict) -> str:
     fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
-    return (f"loss-based score {fmt(r['loss_unlearning_score'])} (retain tolerance {r['loss_score_tolerance']:.0%}); "
+    return (f"loss-based score {fmt(r['loss_unlearning_score'])} (chosen on the select half, measured on the score "
+            f"half; retain tolerance {r['loss_score_tolerance']:.0%}; multipliers x{r['multiplier_scale']:.3g}); "
             f"SAEBench MCQ score {fmt(r['mcq_unlearning_score'])}" + (f" ({r['mcq_reason']})" if r.get("mcq_reason") else ""))

@@ -45,14 +45,14 @@ def mean_next_token_loss(model, tokens: torch.Tensor, batch_size: int) -> float:
 
 
 def loss_sweep(model, sae, interventions: list[dict], forget_tokens: torch.Tensor, retain_tokens: torch.Tensor,
-               batch_size: int) -> tuple[dict, list[dict]]:
+               batch_size: int, desc: str = "unlearning sweep (loss)") -> tuple[dict, list[dict]]:
     """(baseline losses, one row per intervention with its forget and retain loss). Each intervention
     is a dict with its selected `features` and `multiplier` (see evals.unlearning)."""
     model.reset_hooks()
     baseline = {"forget_loss": mean_next_token_loss(model, forget_tokens, batch_size),
                 "retain_loss": mean_next_token_loss(model, retain_tokens, batch_size)}
     rows = []
-    for iv in tqdm(interventions, desc="unlearning sweep (loss)"):
+    for iv in tqdm(interventions, desc=desc):
         row = {k: iv[k] for k in ("retain_threshold", "n_features", "multiplier")}
         row.update(n_features_selected=len(iv["features"]), features=[int(f) for f in iv["features"]])
         if len(iv["features"]):

@@ -113,9 +113,15 @@ def test_every_eval_writes_its_saebench_json_and_a_sane_summary(tiny_run):
     un = info["unlearning"]
     assert un["mcq_status"] == "not_applicable" and un["mcq_unlearning_score"] is None  # a 270M base model
     assert "24 option orderings" in un["mcq_reason"] and un["n_known_questions"]
-    assert un["loss_unlearning_score"] is None or un["loss_unlearning_score"] >= 0
-    table = json.loads((run / EVAL_FILES["unlearning"]).read_text())["loss"]["rows"]
-    assert len(table) == 16 and all(math.isfinite(r["forget_loss"]) for r in table)
+    assert un["loss_unlearning_score"] is None or math.isfinite(un["loss_unlearning_score"])
+    loss = json.loads((run / EVAL_FILES["unlearning"]).read_text())["loss"]
+    assert len(loss["rows"]) == len(loss["select_rows"]) == len(un["loss_curve"]) == 16
+    assert all(math.isfinite(r["forget_loss"]) for r in loss["rows"])
+    assert un["multiplier_scale"] > 3  # Gemma 3 270M's residual norm is ~10x gemma-2-2b's
+    docs = loss["data"]["documents"]
+    assert min(docs["forget"].values()) > 50 and min(docs["retain"].values()) > 500
+    # no eval text is a document training tokenized (checked when the run is written)
+    assert info["data"]["eval_texts_in_training_documents"] == 0 and info["data"]["eval_texts_read"] > 1000
     assert set(info["scr"]["metric_by_n_latents"]) == {"2", "5", "10", "20", "50"}
     assert info["scr"]["data"]["attribute_2_spurious"] == "language"
     assert info["tpp"]["metric_by_n_latents"]["50"] is not None

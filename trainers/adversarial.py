@@ -63,8 +63,9 @@ def margin_penalty(sims: torch.Tensor, margin: float) -> torch.Tensor:
     return torch.relu(sims - margin).pow(2).sum() / max(1, sims.shape[0])
 
 
-def spurious_labelled_texts(texts_per_cell: int) -> tuple[list[str], torch.Tensor]:
-    s = topic_language_set(n_train=texts_per_cell, n_test=2)
+def spurious_labelled_texts(texts_per_cell: int, held_out_percent: int) -> tuple[list[str], torch.Tensor]:
+    """Training-side documents only (the evals read the held-out side)."""
+    s = topic_language_set(n_train=texts_per_cell, n_test=2, held_out_percent=held_out_percent, part="train")
     texts = [t for t, _ in s.train]
     labels = torch.tensor([lang == "fr" for lang in s.extra_train[SPURIOUS_ATTRIBUTE]], dtype=torch.float32)
     return texts, labels
@@ -106,7 +107,7 @@ class AdversarialSAE(VariantSAE):
     def extra_loss(self, data: StepData, step_input, feature_acts, sae_out, losses) -> torch.Tensor:
         c = self.variant_cfg
         if self.pool is None:
-            texts, labels = spurious_labelled_texts(c.texts_per_cell)
+            texts, labels = spurious_labelled_texts(c.texts_per_cell, data.held_out_percent)
             self.pool = TextPool.build(data, texts, c.tokens_per_text)
             self.labels = labels.to(self.pool.acts.device)
         idx = torch.randperm(len(self.labels))[: c.texts_per_step].to(self.labels.device)

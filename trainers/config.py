@@ -30,7 +30,7 @@ class Target:
     hook: str = "auto"  # e.g. blocks.6.hook_resid_post
     d_sae: int = 0  # 0: the model's default
     context_size: int = 128
-    held_out_percent: int = 10  # documents held out of training; every eval reads only those
+    held_out_percent: int = 30  # documents held out of training; every eval reads only those
 
     def resolve(self, variants: dict) -> object:
         """Check the variant's name, fill the "auto" fields from the model's defaults; return the

@@ -79,9 +79,11 @@ def load_wiki_summaries(lang: str = "en-us") -> list[Document]:
     return docs
 
 
-def is_held_out(text: str, held_out_percent: int) -> bool:
-    """Deterministic document-level split: the same on every machine and every run."""
-    digest = hashlib.sha1(text.encode("utf-8")).digest()
+def is_held_out(text: str, held_out_percent: int, salt: str = "") -> bool:
+    """Deterministic document-level split: the same on every machine and every run. A second split
+    inside one side (a probe's train/test, unlearning's select/score halves) passes its own `salt`, so
+    it is independent of this one: unsalted, every held-out document would hash below the same cut."""
+    digest = hashlib.sha1((salt + text).encode("utf-8")).digest()
     return int.from_bytes(digest[:4], "little") % 100 < held_out_percent
 
 

