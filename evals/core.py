@@ -1,8 +1,8 @@
 """SAEBench core eval (reconstruction, sparsity, shrinkage, CE-loss and KL preservation).
 
 SAEBench's own `run_evals` does the measuring, with the already loaded model and a SAELens
-ActivationsStore over the held-out text (our held-out token sequences on the embedded default; the
-hub dataset by name at full scale). What we add, and why:
+ActivationsStore over the held-out token sequences (documents training never read, on both paths: SAEBench
+itself would stream the hub dataset from its start, the same text training read). What we add, and why:
 - sae_bench 0.6.0's `explained_variance` measures variance about zero (it squares the mean of x^2
   per dimension instead of the mean of x), so on a residual stream with a large mean it comes out
   near or above 1 whatever the SAE does. We record every token batch the eval's sparsity/variance
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import torch
 
 from evals.context import EvalContext
-from trainers.data import EMBEDDED_DATASET
 from trainers.metrics import explained_variance
 
 RESULT_FILE = "core_eval_results.json"
@@ -79,14 +78,13 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     batch_size_prompts = settings.batch_size_prompts
     _, sae, _ = general_utils.load_and_format_sae("harness", ctx.sae, device)
     context_size = ctx.context_size
-    if dataset_name == EMBEDDED_DATASET:
-        held_out = ctx.held_out(batch_size_prompts * (n_reconstruction_batches + n_sparsity_variance_batches))
-        dataset = Dataset.from_dict({"tokens": held_out.tolist()})  # pretokenized, BOS first
-    else:
-        dataset = dataset_name  # SAEBench's behaviour: the hub dataset by name, streamed
+    # Held-out documents only, on both paths: SAEBench would stream the hub dataset by name from its
+    # start, the very text training read. ctx.held_out streams it too (at full scale) but keeps only
+    # the documents the split holds out of training.
+    held_out = ctx.held_out(batch_size_prompts * (n_reconstruction_batches + n_sparsity_variance_batches))
+    dataset = Dataset.from_dict({"tokens": held_out.tolist()})  # pretokenized, BOS first
     store = ActivationsStore.from_sae(model, sae, dataset=dataset, context_size=context_size, device=device)
-    if dataset_name == EMBEDDED_DATASET:
-        store.shuffle_input_dataset(seed=42)
+    store.shuffle_input_dataset(seed=42)
     recorded: list[torch.Tensor] = []
     original_get_batch_tokens = store.get_batch_tokens
 

@@ -11,6 +11,15 @@ are over time. None of these is in SAEBench; all are computed here on held-out t
   mutual information between the factor and every feature (document vectors, 20 equal-width bins
   per feature), gap between the two most informative features / entropy of the factor; beside it
   its null value, the same computation with the labels permuted (mean of 5 permutations).
+- FactorVAE score (seed 001; Kim & Mnih 2018), on the one set with two factors (topic x language):
+  each vote fixes one factor at one value, draws `FVAE_SUBSET` documents with that value, and votes
+  for (the feature whose variance over them, divided by its variance over all documents, is
+  smallest; the fixed factor); the score is the accuracy of the majority-vote classifier fitted on
+  one set of votes and tested on another. Sparse codes make the plain argmin degenerate (a feature
+  that rarely fires has zero variance in almost every subset, whatever is fixed: every vote lands on
+  it and the score sits at chance), so, like the paper's pruning of collapsed dimensions, only
+  features that fire on at least `FVAE_MIN_ACTIVE` of the documents take part. Chance is 1 / number of
+  factors; the null (labels permuted) is given beside it.
 - correlation (seed 001): Pearson r between every pair of features that fire on >= `min_fires`
   held-out tokens: mean |r| and fraction of pairs with |r| > 0.5. Decoder: |cos| between decoder
   rows: mean over pairs, mean over features of the largest one, fraction above 0.5.
@@ -46,6 +55,9 @@ from trainers.metrics import cosines, domain_groups, masked_mean, normalize
 from trainers.model import text_activations, token_activations
 
 LAGS = (1, 2, 4, 8)
+FVAE_SUBSET = 20  # documents per vote
+FVAE_VOTES = 400  # votes to fit the classifier, and as many again to test it
+FVAE_MIN_ACTIVE = 0.1  # features firing on fewer documents than this share are left out
 MIG_BINS = 20
 RESULT_FILE = "diagnostics.json"
 
@@ -119,6 +131,47 @@ def mig_null(latents: torch.Tensor, labels: list[str], n_permutations: int = 5, 
     g = torch.Generator().manual_seed(seed)
     return float(sum(mig(latents, [labels[i] for i in torch.randperm(len(labels), generator=g).tolist()], bins)["mig"]
                      for _ in range(n_permutations)) / n_permutations)
+
+
+def factorvae_score(latents: torch.Tensor, factors: dict[str, list[str]], seed: int = 0,
+                    subset: int = FVAE_SUBSET, votes: int = FVAE_VOTES, min_active: float = FVAE_MIN_ACTIVE) -> dict:
+    """FactorVAE score of latents [n, d] (document vectors) for two or more factors (see module doc)."""
+    active = (latents > 0).double().mean(0) >= min_active if min_active > 0 else torch.ones(latents.shape[1], dtype=torch.bool)
+    z = latents[:, active].double()
+    scale = z.std(0)
+    keep = scale > 1e-12
+    z = z[:, keep] / scale[keep]
+    names = list(factors)
+    out = {"n_features_used": int(z.shape[1]), "chance": 1 / len(names)}
+    if z.shape[1] == 0:
+        return {**out, "score": None}
+    rng = np.random.default_rng(seed)
+    columns = {k: np.array(v) for k, v in factors.items()}
+
+    def vote_table():
+        table = np.zeros((z.shape[1], len(names)))
+        for _ in range(votes):
+            k = int(rng.integers(len(names)))
+            values = np.unique(columns[names[k]])
+            rows = np.flatnonzero(columns[names[k]] == values[rng.integers(len(values))])
+            pick = rng.choice(rows, size=min(subset, len(rows)), replace=False)
+            table[int(z[pick].var(0, unbiased=False).argmin()), k] += 1
+        return table
+
+    fit, test = vote_table(), vote_table()
+    guess = fit.argmax(1)  # the factor each feature votes for (ties: the first)
+    return {**out, "score": float(test[np.arange(len(guess)), guess].sum() / test.sum())}
+
+
+def factorvae_null(latents: torch.Tensor, factors: dict[str, list[str]], n_permutations: int = 5, seed: int = 0) -> float:
+    """FactorVAE score with the documents' label rows permuted (all factors together), averaged."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(next(iter(factors.values())))
+    scores = []
+    for i in range(n_permutations):
+        perm = torch.randperm(n, generator=g).tolist()
+        scores.append(factorvae_score(latents, {k: [v[j] for j in perm] for k, v in factors.items()}, seed=i)["score"])
+    return None if None in scores else float(np.mean(scores))
 
 
 def correlation_stats(feats: torch.Tensor, min_fires: int = 5) -> dict:
@@ -235,7 +288,7 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     acts = model_activations(ctx.model, hook, sets, domains, held_out_tokens, context_length, ctx.model_batch_size,
                              cache.with_suffix(".pt"))
 
-    per_set, per_factor = {}, {}
+    per_set, per_factor, factorvae = {}, {}, {}
     for name, s in tqdm(sets.items(), desc="diagnostics: labelled sets", unit="set"):
         a, mask = acts["sets"][name]
         docs = masked_mean(encode(sae, a), mask)
@@ -245,11 +298,15 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
                          "n_docs": len(label), "n_classes": len(set(label))}
         for factor, labels in s["factors"].items():
             per_factor[f"{name}:{factor}"] = {**mig(docs, labels), "mig_null": mig_null(docs, labels)}
+        if len(s["factors"]) >= 2:
+            factorvae[name] = {**factorvae_score(docs, s["factors"]), "null": factorvae_null(docs, s["factors"]),
+                               "llm": factorvae_score(masked_mean(a, mask), s["factors"], min_active=0)["score"]}
     seq_feats = encode(sae, acts["sequences"])
     (f_acts, f_mask), (r_acts, r_mask) = acts["domains"]["forget"], acts["domains"]["retain"]
     result = {
         "clustering": per_set,
         "mig": per_factor,
+        "factorvae": factorvae,
         "feature_correlation": correlation_stats(seq_feats.reshape(-1, seq_feats.shape[-1])),
         "decoder_cosine": decoder_cosine_stats(sae.W_dec),
         "domains": domain_separation(encode(sae, f_acts)[f_mask], encode(sae, r_acts)[r_mask], sae.W_dec, alpha),
@@ -279,6 +336,9 @@ def summarize(r: dict) -> dict:
         "llm_silhouette": _mean(s["llm_silhouette"] for s in c),
         "mig": _mean(m["mig"] for m in r["mig"].values()),
         "mig_null": _mean(m["mig_null"] for m in r["mig"].values()),
+        "factorvae": _mean(f["score"] for f in r["factorvae"].values()),
+        "factorvae_null": _mean(f["null"] for f in r["factorvae"].values()),
+        "factorvae_llm": _mean(f["llm"] for f in r["factorvae"].values()),
         "feature_corr_mean_abs": r["feature_correlation"]["mean_abs_r"],
         "feature_corr_frac_above_0.5": r["feature_correlation"]["frac_abs_r_above_0.5"],
         "decoder_cos_mean_abs": r["decoder_cosine"]["mean_abs_cos"],
@@ -296,7 +356,8 @@ def headline(r: dict) -> str:
     fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
     ac = r["autocorrelation"]
     return (f"NMI {fmt(r['nmi'])} (LLM {fmt(r['llm_nmi'])}), silhouette {fmt(r['silhouette'])} "
-            f"(LLM {fmt(r['llm_silhouette'])}), MIG {fmt(r['mig'])} (null {fmt(r['mig_null'])}), feature |r| "
+            f"(LLM {fmt(r['llm_silhouette'])}), MIG {fmt(r['mig'])} (null {fmt(r['mig_null'])}), FactorVAE "
+            f"{fmt(r.get('factorvae'))} (null {fmt(r.get('factorvae_null'))}), feature |r| "
             f"{fmt(r['feature_corr_mean_abs'])}, decoder |cos| {fmt(r['decoder_cos_mean_abs'])}, "
             f"domain-specific {fmt(r['domain_specific_share'])}, autocorr lag1/8 {fmt(ac['1'])}/"
             f"{fmt(ac['8'])}, firing MI {fmt(r['firing_mi_bits'])} bits")

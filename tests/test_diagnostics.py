@@ -40,6 +40,35 @@ def test_mig_null_is_the_mig_of_permuted_labels_and_far_below_an_informative_fea
     assert null == d.mig_null(latents, labels, n_permutations=5, seed=0)  # seeded
 
 
+def _two_factor_docs(n=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    topic = ["t0", "t1"] * (n // 2)
+    lang = ["en"] * (n // 2) + ["fr"] * (n // 2)
+    latents = torch.rand(n, 6, generator=g) + 0.5  # four noise features that always fire
+    latents[:, 0] = torch.tensor([1.0 if t == "t1" else 0.0 for t in topic]) * 3 + 0.01 * torch.rand(n, generator=g)
+    latents[:, 1] = torch.tensor([1.0 if x == "fr" else 0.0 for x in lang]) * 3 + 0.01 * torch.rand(n, generator=g)
+    return latents, {"topic": topic, "language": lang}
+
+
+def test_factorvae_is_one_when_each_factor_has_its_own_feature_and_chance_when_permuted():
+    latents, factors = _two_factor_docs()
+    r = d.factorvae_score(latents, factors)
+    assert r["score"] == pytest.approx(1.0) and r["chance"] == 0.5 and r["n_features_used"] == 6
+    assert 0.3 < d.factorvae_null(latents, factors) < 0.7
+
+
+def test_factorvae_leaves_out_rarely_firing_features_that_would_take_every_vote():
+    """A feature that fires on 2 documents of 200 has zero variance in almost every subset: with it,
+    the plain argmin votes for it whatever factor is fixed and the score falls to chance."""
+    latents, factors = _two_factor_docs()
+    rare = torch.zeros(len(latents), 1)
+    rare[:2] = 5.0
+    with_rare = torch.cat([latents, rare], dim=1)
+    assert d.factorvae_score(with_rare, factors, min_active=0)["score"] < 0.7
+    r = d.factorvae_score(with_rare, factors)
+    assert r["score"] == pytest.approx(1.0) and r["n_features_used"] == 6
+
+
 def test_correlation_and_decoder_cosine_statistics_match_hand_values():
     t = torch.arange(1.0, 9.0)
     feats = torch.stack([t, 2 * t, torch.tensor([1.0, 0, 0, 1, 1, 0, 0, 1]) + 1], dim=1)  # r = 1, 0, 0
