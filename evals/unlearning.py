@@ -33,7 +33,7 @@ import torch
 
 from evals.context import EvalContext
 from evals.saebench_glue import formatted_sae, grad_mode_restored, hooks_cleared, write_json_atomic
-from evals.unlearning_loss import loss_sweep, loss_unlearning_score
+from evals.unlearning_loss import _special_ids, loss_sweep, loss_unlearning_score
 from evals.unlearning_mcq import embedded_mcq, full_scale_mcq
 from trainers import labelled_data
 from trainers.data import is_held_out
@@ -50,7 +50,8 @@ SEED = 42  # plus the run's seed: the sampled known-question set
 @dataclass
 class Settings:
     sparsity_rows: int = 48  # 128-token rows per corpus for the feature firing frequencies (embedded default)
-    loss_rows: int = 24  # 128-token rows per corpus and per half (select, score) for the loss-based score
+    forget_loss_rows: int = 48  # 128-token rows of forget text per half (select, score) for the loss-based score
+    retain_loss_rows: int = 256  # of retain text: more, because a clamp rarely touches it, so its loss rise rests on few tokens
     loss_tolerance: float = 0.01  # loss-based score: max relative retain-loss increase allowed
     split_seed: int = 0  # which held-out documents are in the select half and which in the score half
     questions_per_subject: int = 16  # MCQ known-question filter sample (MMLU stand-ins), cached per model
@@ -95,8 +96,7 @@ def _tokens(texts: list[str], tokenizer, n_rows: int) -> torch.Tensor:
 @torch.no_grad()
 def median_token_norm(model, hook: str, tokens: torch.Tensor, batch_size: int) -> float:
     """Median L2 norm of the hook's activations over real tokens (BOS, whose norm is far larger, excluded)."""
-    tok = model.tokenizer
-    special = torch.tensor([t for t in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if t is not None])
+    special = _special_ids(model.tokenizer)
     layer = int(hook.split(".")[1])
     norms = []
     for i in range(0, len(tokens), batch_size):
@@ -118,7 +118,7 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     tok = model.tokenizer
     text = {d: halves(ctx.domain_texts(d), s.split_seed) for d in ("forget", "retain")}
     corpus = lambda domain, half, n: _tokens(text[domain][half], tok, n)  # noqa: E731
-    norm = median_token_norm(model, sae.cfg.hook_name, corpus("retain", "select", s.loss_rows), s.batch_size)
+    norm = median_token_norm(model, sae.cfg.hook_name, corpus("retain", "select", s.forget_loss_rows), s.batch_size)
     scale = norm / REFERENCE_NORM
     multipliers = tuple(round(m * scale, 1) for m in MULTIPLIERS)
     result: dict = {"sweep": {"retain_thresholds": RETAIN_THRESHOLDS, "n_features": N_FEATURES,
@@ -148,11 +148,13 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
             result["mcq"], forget_sparsity, retain_sparsity = full_scale_mcq(model, sae, artifacts_dir, ctx.model_name,
                                                                               ctx.llm_dtype, s.batch_size)
             interventions = select_interventions(forget_sparsity, retain_sparsity, multipliers)
-        sweeps = {half: loss_sweep(model, sae, interventions, corpus("forget", half, s.loss_rows),
-                                   corpus("retain", half, s.loss_rows), s.batch_size, desc=f"unlearning sweep ({half} half)")
+        sweeps = {half: loss_sweep(model, sae, interventions, corpus("forget", half, s.forget_loss_rows),
+                                   corpus("retain", half, s.retain_loss_rows), s.batch_size,
+                                   desc=f"unlearning sweep ({half} half)")
                   for half in ("select", "score")}
         result["loss"] = held_out_loss_score(sweeps, s.loss_tolerance)
-        result["loss"]["data"] = {"split_seed": s.split_seed, "tokens_per_corpus_and_half": s.loss_rows * SEQ_LEN,
+        result["loss"]["data"] = {"split_seed": s.split_seed, "forget_tokens_per_half": s.forget_loss_rows * SEQ_LEN,
+                                  "retain_tokens_per_half": s.retain_loss_rows * SEQ_LEN,
                                   "documents": {d: {h: len(t) for h, t in text[d].items()} for d in text}}
     result["forget_sparsity_mean"] = float(np.mean(forget_sparsity))
     result["retain_sparsity_mean"] = float(np.mean(retain_sparsity))

@@ -29,37 +29,74 @@ def loss_unlearning_score(baseline: dict, rows: list[dict], tolerance: float) ->
     return {**out, "score": best["forget_loss_increase"], "best_intervention": best}
 
 
+def _special_ids(tok) -> torch.Tensor:
+    return torch.tensor([t for t in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if t is not None])
+
+
 @torch.no_grad()
-def mean_next_token_loss(model, tokens: torch.Tensor, batch_size: int) -> float:
-    """Mean next-token loss over real targets (BOS/EOS/pad targets excluded)."""
-    tok = model.tokenizer
-    special = torch.tensor([t for t in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if t is not None])
-    total, count = 0.0, 0
+def row_losses(model, tokens: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of next-token losses, number of targets) per row, over real targets (BOS/EOS/pad targets
+    excluded)."""
+    special = _special_ids(model.tokenizer)
+    sums, counts = [], []
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i:i + batch_size].to(model.cfg.device)
-        loss = model(batch, return_type="loss", loss_per_token=True).cpu()  # [B, L-1]
+        loss = model(batch, return_type="loss", loss_per_token=True).double().cpu()  # [B, L-1]
         keep = ~torch.isin(batch[:, 1:].cpu(), special)
-        total += float(loss[keep].sum())
-        count += int(keep.sum())
-    return total / max(count, 1)
+        sums.append((loss * keep).sum(1))
+        counts.append(keep.sum(1))
+    return torch.cat(sums), torch.cat(counts)
+
+
+def mean_next_token_loss(model, tokens: torch.Tensor, batch_size: int) -> float:
+    """Mean next-token loss over real targets (BOS/EOS/pad targets excluded)."""
+    sums, counts = row_losses(model, tokens, batch_size)
+    return float(sums.sum() / counts.sum().clamp_min(1))
+
+
+@torch.no_grad()
+def features_firing_per_row(model, sae, tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """[rows, d_sae] bool: does the feature fire anywhere in the row after BOS (SAEBench's clamp zeroes
+    position 0, so BOS never counts)."""
+    hook, layer = sae.cfg.hook_name, int(sae.cfg.hook_name.split(".")[1])
+    out = []
+    for i in range(0, len(tokens), batch_size):
+        batch = tokens[i:i + batch_size].to(model.cfg.device)
+        _, cache = model.run_with_cache(batch, names_filter=[hook], stop_at_layer=layer + 1)
+        out.append((sae.encode(cache[hook].to(sae.W_dec.dtype))[:, 1:] > 0).any(1).cpu())
+    return torch.cat(out)
 
 
 def loss_sweep(model, sae, interventions: list[dict], forget_tokens: torch.Tensor, retain_tokens: torch.Tensor,
-               batch_size: int, desc: str = "unlearning sweep (loss)") -> tuple[dict, list[dict]]:
+               batch_size: int, desc: str = "unlearning sweep (loss)", skip_unaffected: bool = True) -> tuple[dict, list[dict]]:
     """(baseline losses, one row per intervention with its forget and retain loss). Each intervention
-    is a dict with its selected `features` and `multiplier` (see evals.unlearning)."""
+    is a dict with its selected `features` and `multiplier` (see evals.unlearning).
+
+    Why computed by hand around SAEBench's clamp: it changes the residual only at positions where one of
+    the clamped features fires (elsewhere it adds back exactly the reconstruction error it took out), so
+    a row where none of them fires keeps its baseline loss. Only the rows where one fires are run again
+    under the intervention: the same numbers (tests/test_unlearning_loss_exact.py) for a fraction of the
+    forward passes, which is what lets the score use enough tokens (the retain rows rarely hold one).
+    `skip_unaffected=False` runs every row again."""
     model.reset_hooks()
-    baseline = {"forget_loss": mean_next_token_loss(model, forget_tokens, batch_size),
-                "retain_loss": mean_next_token_loss(model, retain_tokens, batch_size)}
+    corpora = {"forget": forget_tokens, "retain": retain_tokens}
+    base = {name: row_losses(model, t, batch_size) for name, t in corpora.items()}
+    firing = {name: features_firing_per_row(model, sae, t, batch_size) for name, t in corpora.items()} if skip_unaffected else None
+    baseline = {f"{name}_loss": float(s.sum() / c.sum().clamp_min(1)) for name, (s, c) in base.items()}
     rows = []
     for iv in tqdm(interventions, desc=desc):
         row = {k: iv[k] for k in ("retain_threshold", "n_features", "multiplier")}
-        row.update(n_features_selected=len(iv["features"]), features=[int(f) for f in iv["features"]])
-        if len(iv["features"]):
-            with features_clamped(model, sae, iv["features"], iv["multiplier"]):
-                row["forget_loss"] = mean_next_token_loss(model, forget_tokens, batch_size)
-                row["retain_loss"] = mean_next_token_loss(model, retain_tokens, batch_size)
-        else:  # nothing passes the retain threshold: the intervention is the identity
-            row.update(baseline)
+        features = [int(f) for f in iv["features"]]
+        row.update(n_features_selected=len(features), features=features)
+        for name, tokens in corpora.items():
+            sums, counts = base[name]
+            affected = (firing[name][:, features].any(1) if skip_unaffected else torch.ones(len(tokens), dtype=torch.bool)) \
+                if features else torch.zeros(len(tokens), dtype=torch.bool)
+            sums = sums.clone()
+            if affected.any():
+                with features_clamped(model, sae, features, iv["multiplier"]):
+                    sums[affected] = row_losses(model, tokens[affected], batch_size)[0]
+            row[f"{name}_loss"] = float(sums.sum() / counts.sum().clamp_min(1))
+            row[f"{name}_rows_rerun"] = int(affected.sum())
         rows.append(row)
     return baseline, rows

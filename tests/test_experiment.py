@@ -26,7 +26,7 @@ TINY_EVALS = {  # every eval on a tiny budget
     "core": ["reconstruction_batches=1", "sparsity_variance_batches=2", "batch_size_prompts=4"],
     "diagnostics": ["docs_per_class=6", "sequences=8", "domain_texts=8", "context_length=32"],
     "sparse_probing": ["train_per_class=8", "test_per_class=4", "context_length=32"],
-    "unlearning": ["sparsity_rows=4", "loss_rows=1", "questions_per_subject=2"],
+    "unlearning": ["sparsity_rows=4", "forget_loss_rows=2", "retain_loss_rows=4", "questions_per_subject=2"],
     "scr": ["texts_per_cell=24", "context_length=32"],
     "tpp": ["texts_per_cell=24", "context_length=32"],
     "absorption": ["words_per_letter=6"],

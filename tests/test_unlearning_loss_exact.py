@@ -1,0 +1,57 @@
+"""The loss sweep reruns only the rows a clamp can change, and gets the numbers of rerunning them all."""
+
+import pytest
+import torch
+
+from trainers.model import load_model
+
+pytestmark = pytest.mark.slow  # loads the embedded model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model()
+
+
+def _sparse_sae(model, d_sae=12, fire_rate=0.004, seed=0):
+    """A random SAE on blocks.6 whose features each fire on about `fire_rate` of the tokens, so that a
+    row of 64 tokens holds a firing of a given feature about a fifth of the time."""
+    from sae_lens.saes.sae import SAEMetadata
+
+    from evals.saebench_glue import formatted_sae
+    from trainers import relu
+
+    meta = SAEMetadata(model_name="google/gemma-3-270m", hook_name="blocks.6.hook_resid_post", hook_layer=6,
+                       context_size=64, prepend_bos=True, dataset_path="x", model_from_pretrained_kwargs={})
+    sae = relu.build_sae(relu.Config(), 640, d_sae, 10, decoder_init_norm=1.0, metadata=meta)
+    torch.manual_seed(seed)
+    tokens = torch.randint(1000, 20000, (8, 64))
+    tokens[:, 0] = model.tokenizer.bos_token_id
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(640, d_sae))
+        _, cache = model.run_with_cache(tokens, names_filter=["blocks.6.hook_resid_post"], stop_at_layer=7)
+        pre = cache["blocks.6.hook_resid_post"][:, 1:].reshape(-1, 640) @ sae.W_enc
+        sae.b_enc.copy_(-torch.quantile(pre, 1 - fire_rate, dim=0))
+    return formatted_sae(sae.eval(), "cpu")[1]
+
+
+def test_skipping_rows_where_no_clamped_feature_fires_gives_the_full_rerun_numbers(model):
+    from evals.unlearning_loss import features_firing_per_row, loss_sweep
+
+    sae = _sparse_sae(model)
+    g = torch.Generator().manual_seed(1)
+    forget, retain = (torch.randint(1000, 20000, (12, 64), generator=g) for _ in range(2))
+    forget[:, 0] = retain[:, 0] = model.tokenizer.bos_token_id
+    firing = features_firing_per_row(model, sae, retain, 4)
+    assert 0 < firing[:, [0, 1, 2]].any(1).sum() < len(retain)  # some rows are skipped, some rerun
+    interventions = [{"retain_threshold": 0.01, "n_features": 3, "multiplier": 2000.0, "features": [0, 1, 2]},
+                     {"retain_threshold": 0.01, "n_features": 0, "multiplier": 2000.0, "features": []}]
+    base_fast, fast = loss_sweep(model, sae, interventions, forget, retain, 4)
+    base_full, full = loss_sweep(model, sae, interventions, forget, retain, 4, skip_unaffected=False)
+    assert base_fast == base_full
+    for a, b in zip(fast, full):
+        for key in ("forget_loss", "retain_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5)
+    assert fast[0]["retain_rows_rerun"] < full[0]["retain_rows_rerun"] == len(retain)
+    assert fast[0]["retain_loss"] != pytest.approx(base_fast["retain_loss"], rel=1e-4)  # the clamp did act
+    assert fast[1]["retain_loss"] == base_fast["retain_loss"] and fast[1]["retain_rows_rerun"] == 0
