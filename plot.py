@@ -7,19 +7,22 @@ core_metrics.png     explained variance (about the mean), MSE per element, CE-lo
 sparsity.png         L0 and L1 on held-out text, dead-feature fraction at the end of training
 l0_vs_ce_loss.png    L0 against CE-loss score, every run one point
 sparse_probing.png   SAEBench sparse probing: test accuracy against k, SAE (solid) beside the LLM (dashed)
-unlearning.png       loss-based unlearning score and SAEBench's MCQ score per run ("n/a" where not applicable)
+unlearning.png       loss-based unlearning score and SAEBench's MCQ score per run ("n/a" where not applicable),
+                     and every intervention's forget- vs retain-loss rise (the curve)
 scr_tpp_absorption.png  SCR and TPP metric against the number of ablated latents; absorption fraction per run
 variant_terms.png    each variant's extra loss term over training (and TopK's auxiliary loss), one panel per term
 diagnostics.png      the seeds' diagnostics per run: NMI, silhouette, MIG, feature correlation, decoder cosine,
                      forget/retain separation, auto-correlation by lag, firing mutual information
 final_metrics.png    the seeds' own summary figure: final training loss and steps, explained variance, MSE, KL
-runs_table.md        one row per run: variant, settings changed from the defaults, L0, EV, CE score, diagnostics
+runs_table.md        one row per run: variant, settings changed from the defaults, L0, EV, CE/KL score, diagnostics;
+                     with >= 3 baseline seeds of one budget: their mean, spread, and "~" on numbers within it
 A run without a core eval is left out of the figures that need it; a failed run is labelled so.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -27,6 +30,7 @@ from pathlib import Path
 import dataclasses
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -312,20 +316,89 @@ def changed_settings(info: dict) -> str:
     return ", ".join(out) or "defaults"
 
 
+# (column, where in final_info.json): the runs table's numbers
+TABLE_METRICS = [
+    ("L0", ("summary", "l0")), ("EV", ("summary", "explained_variance")), ("CE score", ("summary", "ce_loss_score")),
+    ("KL score", ("summary", "kl_div_score")), ("NMI", ("diagnostics", "nmi")),
+    ("silhouette", ("diagnostics", "silhouette")), ("MIG", ("diagnostics", "mig")),
+    ("MIG null", ("diagnostics", "mig_null")), ("FactorVAE", ("diagnostics", "factorvae")),
+    ("FactorVAE null", ("diagnostics", "factorvae_null")), ("feat. abs r", ("diagnostics", "feature_corr_mean_abs")),
+    ("dec. abs cos", ("diagnostics", "decoder_cos_mean_abs")), ("domain-spec.", ("diagnostics", "domain_specific_share")),
+    ("forget x retain abs cos", ("diagnostics", "cross_group_decoder_abs_cos")),
+    ("autocorr lag 1", ("diagnostics", "autocorrelation", "1")), ("firing MI (bits)", ("diagnostics", "firing_mi_bits")),
+]
+NOISE_MARK = "~"
+
+
+def metric_values(info: dict) -> dict[str, float | None]:
+    out = {}
+    for name, path in TABLE_METRICS:
+        v = info
+        for key in path:
+            v = v.get(key) if isinstance(v, dict) else None
+        out[name] = v if isinstance(v, (int, float)) and math.isfinite(v) else None
+    return out
+
+
+def budget_key(info: dict) -> str | None:
+    """What a run shares with others of the same comparison: its config without the variant, its
+    settings, the seed and the system section (None for runs made before the config had sections)."""
+    cfg = info.get("config", {})
+    if not isinstance(cfg.get("target"), dict) or info.get("status") != "ok":
+        return None
+    target = {k: v for k, v in cfg["target"].items() if k != "variant"}
+    training = {k: v for k, v in cfg.get("training", {}).items() if k != "seed"}
+    return json.dumps([target, training, cfg.get("evals")], sort_keys=True)
+
+
+def baseline_spread(runs) -> dict[str, dict]:
+    """{budget key: {"n_seeds", "runs", "mean": {metric: v}, "spread": {metric: max - min}}} for every
+    budget with >= 3 runs of the baseline (relu, default settings) that differ only in the seed."""
+    groups: dict[str, list] = {}
+    for r in runs:
+        key = budget_key(r["info"])
+        if key and r["info"].get("variant") == "relu" and changed_settings(r["info"]) == "defaults":
+            groups.setdefault(key, []).append(r)
+    out = {}
+    for key, group in groups.items():
+        seeds = {r["info"]["config"]["training"]["seed"] for r in group}
+        if len(seeds) < 3:
+            continue
+        values = [metric_values(r["info"]) for r in group]
+        mean, spread = {}, {}
+        for name, _ in TABLE_METRICS:
+            vs = [v[name] for v in values if v[name] is not None]
+            mean[name] = float(np.mean(vs)) if len(vs) == len(values) else None
+            spread[name] = float(max(vs) - min(vs)) if len(vs) == len(values) else None
+        out[key] = {"n_seeds": len(seeds), "runs": [r["name"] for r in group], "mean": mean, "spread": spread}
+    return out
+
+
 def write_table(runs, out: Path) -> Path:
+    """One row per run. Where >= 3 baseline seeds share a run's budget, a row gives their mean and
+    spread (max - min), and a number of a run with that budget within the spread of the baseline mean
+    is marked NOISE_MARK: the seed alone moves the baseline that much."""
     fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
-    head = ["run", "variant", "settings", "tokens", "L0", "EV", "CE score", "NMI", "silhouette", "MIG",
-            "feat. abs r", "dec. abs cos", "domain-spec.", "forget x retain abs cos", "autocorr lag 1", "firing MI (bits)"]
+    spreads = baseline_spread(runs)
+    head = ["run", "variant", "settings", "tokens"] + [name for name, _ in TABLE_METRICS]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
         info, s = r["info"], r["info"].get("summary", {})
-        dg = info.get("diagnostics") if isinstance(info.get("diagnostics"), dict) else {}
+        base = spreads.get(budget_key(info))
         cells = [r["name"], info.get("variant", "?") + ("" if info.get("status") == "ok" else " (FAILED)"),
-                 changed_settings(info), f"{s.get('n_tokens', 0):,}", fmt(s.get("l0")), fmt(s.get("explained_variance")),
-                 fmt(s.get("ce_loss_score"))] + [fmt(dg.get(k)) for k in (
-                     "nmi", "silhouette", "mig", "feature_corr_mean_abs", "decoder_cos_mean_abs", "domain_specific_share",
-                     "cross_group_decoder_abs_cos")] + [fmt(dg.get("autocorrelation", {}).get("1")), fmt(dg.get("firing_mi_bits"))]
+                 changed_settings(info), f"{s.get('n_tokens', 0):,}"]
+        for name, v in metric_values(info).items():
+            noise = (base is not None and r["name"] not in base["runs"] and v is not None
+                     and base["spread"][name] is not None and abs(v - base["mean"][name]) <= base["spread"][name])
+            cells.append(fmt(v) + (NOISE_MARK if noise else ""))
         rows.append("| " + " | ".join(cells) + " |")
+    for base in spreads.values():
+        rows.append("| " + " | ".join([f"baseline mean ({base['n_seeds']} seeds: {', '.join(base['runs'])})", "relu",
+                                       "defaults", ""] + [fmt(base["mean"][n]) for n, _ in TABLE_METRICS]) + " |")
+        rows.append("| " + " | ".join(["baseline seed spread (max - min)", "relu", "defaults", ""]
+                                      + [fmt(base["spread"][n]) for n, _ in TABLE_METRICS]) + " |")
+    if spreads:
+        rows += ["", f"{NOISE_MARK}: within the baseline's seed spread of the baseline mean, same budget: noise, not a finding."]
     path = out / "runs_table.md"
     path.write_text("\n".join(rows) + "\n")
     return path

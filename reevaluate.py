@@ -12,6 +12,7 @@ Like experiment.py, OUT_DIR is built in OUT_DIR.partial/ and renamed when comple
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -50,8 +51,12 @@ def resolve(argv: list[str]) -> tuple[Path, experiment.Config, dict]:
     selected = next((experiment.selected_evals(v) for k, v in flags if k == "evals"), experiment.DEFAULT_EVALS)
     args = [f"--{name}={info['config'][section][name]}" for section, names in SOURCE_FLAGS.items() for name in names]
     for name in selected:  # the run's own settings first, so that --set given here wins
+        known = {f.name for f in dataclasses.fields(experiment.EVALS[name].Settings)}
         for field, value in info["config"]["evals"].get(name, {}).items():
-            args += ["--set", f"{name}.{field}={value}"]
+            if field in known:
+                args += ["--set", f"{name}.{field}={value}"]
+            else:
+                print(f"[reevaluate] note: {source}'s {name}.{field} is no setting of today's code; left out")
     args += [f"--{k}={v}" for k, v in flags if k != "notes"]
     for item in user_sets:
         args += ["--set", item]

@@ -277,3 +277,18 @@ def test_config_is_built_of_sections_and_eval_settings_are_set_like_variant_sett
 def test_evals_none_and_all_select_no_eval_and_every_eval(tmp_path):
     assert dry_run("--evals=none", cwd=tmp_path)["evals"] == {}
     assert list(dry_run("--evals=all", cwd=tmp_path)["evals"]) == list(EVALS)
+
+
+def test_reevaluate_refuses_what_is_not_a_finished_run_or_would_change_it_with_one_line(tmp_path):
+    (tmp_path / "run_0" / "sae").mkdir(parents=True)
+    (tmp_path / "run_0" / "sae" / "cfg.json").write_text("{}")
+    (tmp_path / "run_0" / "final_info.json").write_text(json.dumps({"config": {"evals": {}}}))
+    cases = [(["missing_run", "--out_dir=x"], "is not a finished run"),
+             (["run_0"], "--out_dir is required"),
+             (["run_0", "--out_dir=x", "--hook=blocks.3.hook_resid_post"], "cannot be changed here")]
+    for args, message in cases:
+        proc = subprocess.run([sys.executable, str(ROOT / "reevaluate.py"), *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr and not (tmp_path / "x").exists()

@@ -65,3 +65,32 @@ def test_plot_writes_every_figure_and_skips_runs_without_core(tmp_path):
 def test_plot_without_runs_says_so_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "plot.py")], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2 and "no run_*/final_info.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _sectioned(info, variant_settings, seed, n_tokens=100_000):
+    info["config"] = {"target": {"variant": info["variant"], "d_sae": 4096}, "training": {"n_tokens": n_tokens, "seed": seed},
+                      "variant": variant_settings, "evals": {"core": {}}, "system": {"out_dir": "x"}}
+    return info
+
+
+def test_runs_table_gives_the_baseline_seed_spread_and_marks_what_is_within_it_as_noise(tmp_path):
+    import importlib
+
+    plot = importlib.import_module("plot")
+    runs = []
+    for i, (seed, l0) in enumerate([(0, 30.0), (1, 34.0), (2, 32.0)]):  # baseline: mean 32, spread 4
+        runs.append({"name": f"run_{i}", "info": _sectioned(fake_info("relu", l0), {}, seed)})
+    runs.append({"name": "run_3", "info": _sectioned(fake_info("topk", 35.0), {"k": 64}, 0)})  # |35 - 32| <= 4: noise
+    runs.append({"name": "run_4", "info": _sectioned(fake_info("topk", 40.0), {"k": 64}, 0)})  # 8 > 4: a difference
+    runs.append({"name": "run_5", "info": _sectioned(fake_info("topk", 33.0), {"k": 64}, 0, n_tokens=5)})  # other budget
+    for r in runs[:3]:  # the registry's relu defaults are what "defaults" means
+        r["info"]["config"]["variant"] = dict(vars(plot.VARIANTS["relu"].Config()))
+    table = plot.write_table(runs, tmp_path).read_text().splitlines()
+    row = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table if line.startswith("| ")}
+    l0 = 4  # column index of L0
+    assert row["run_3"][l0] == "35~" and row["run_4"][l0] == "40" and row["run_5"][l0] == "33"
+    assert row["run_0"][l0] == "30"  # a baseline seed is not marked against itself
+    mean = next(v for k, v in row.items() if k.startswith("baseline mean (3 seeds"))
+    spread = row["baseline seed spread (max - min)"]
+    assert mean[l0] == "32" and spread[l0] == "4"
+    assert any("noise, not a finding" in line for line in table)
