@@ -50,8 +50,14 @@ SEED = 42  # plus the run's seed: the sampled known-question set
 @dataclass
 class Settings:
     sparsity_rows: int = 48  # 128-token rows per corpus for the feature firing frequencies (embedded default)
-    forget_loss_rows: int = 48  # 128-token rows of forget text per half (select, score) for the loss-based score
-    retain_loss_rows: int = 256  # of retain text: more, because a clamp rarely touches it, so its loss rise rests on few tokens
+    # 128-token rows for the loss-based score. Each row costs a forward pass through the 262k-word
+    # unembedding per intervention: the select half measures all 16 on few rows, the score half only
+    # the chosen one on more. Retain gets more rows than forget: a clamp rarely touches retain text,
+    # so its loss rise rests on the few tokens where a forget feature fires.
+    select_forget_rows: int = 16
+    select_retain_rows: int = 48
+    score_forget_rows: int = 64
+    score_retain_rows: int = 256
     loss_tolerance: float = 0.01  # loss-based score: max relative retain-loss increase allowed
     split_seed: int = 0  # which held-out documents are in the select half and which in the score half
     questions_per_subject: int = 16  # MCQ known-question filter sample (MMLU stand-ins), cached per model
@@ -118,7 +124,7 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     tok = model.tokenizer
     text = {d: halves(ctx.domain_texts(d), s.split_seed) for d in ("forget", "retain")}
     corpus = lambda domain, half, n: _tokens(text[domain][half], tok, n)  # noqa: E731
-    norm = median_token_norm(model, sae.cfg.hook_name, corpus("retain", "select", s.forget_loss_rows), s.batch_size)
+    norm = median_token_norm(model, sae.cfg.hook_name, corpus("retain", "select", s.select_forget_rows), s.batch_size)
     scale = norm / REFERENCE_NORM
     multipliers = tuple(round(m * scale, 1) for m in MULTIPLIERS)
     result: dict = {"sweep": {"retain_thresholds": RETAIN_THRESHOLDS, "n_features": N_FEATURES,
@@ -148,13 +154,22 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
             result["mcq"], forget_sparsity, retain_sparsity = full_scale_mcq(model, sae, artifacts_dir, ctx.model_name,
                                                                               ctx.llm_dtype, s.batch_size)
             interventions = select_interventions(forget_sparsity, retain_sparsity, multipliers)
-        sweeps = {half: loss_sweep(model, sae, interventions, corpus("forget", half, s.forget_loss_rows),
-                                   corpus("retain", half, s.retain_loss_rows), s.batch_size,
-                                   desc=f"unlearning sweep ({half} half)")
-                  for half in ("select", "score")}
-        result["loss"] = held_out_loss_score(sweeps, s.loss_tolerance)
-        result["loss"]["data"] = {"split_seed": s.split_seed, "forget_tokens_per_half": s.forget_loss_rows * SEQ_LEN,
-                                  "retain_tokens_per_half": s.retain_loss_rows * SEQ_LEN,
+        select = loss_sweep(model, sae, interventions, corpus("forget", "select", s.select_forget_rows),
+                            corpus("retain", "select", s.select_retain_rows), s.batch_size,
+                            desc="unlearning sweep (select half)")
+        choice = loss_unlearning_score(*select, s.loss_tolerance)
+        scored = None
+        if choice["score"] is not None:
+            chosen = interventions[select[1].index(choice["best_intervention"])]
+            scored = loss_sweep(model, sae, [chosen], corpus("forget", "score", s.score_forget_rows),
+                                corpus("retain", "score", s.score_retain_rows), s.batch_size,
+                                desc="unlearning: the chosen intervention (score half)")
+        result["loss"] = held_out_loss_score(select, scored, s.loss_tolerance)
+        result["loss"]["data"] = {"split_seed": s.split_seed,
+                                  "tokens": {"select": {"forget": s.select_forget_rows * SEQ_LEN,
+                                                        "retain": s.select_retain_rows * SEQ_LEN},
+                                             "score": {"forget": s.score_forget_rows * SEQ_LEN,
+                                                       "retain": s.score_retain_rows * SEQ_LEN}},
                                   "documents": {d: {h: len(t) for h, t in text[d].items()} for d in text}}
     result["forget_sparsity_mean"] = float(np.mean(forget_sparsity))
     result["retain_sparsity_mean"] = float(np.mean(retain_sparsity))
@@ -172,25 +187,26 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
             "n_known_questions": mcq.get("n_known_questions"), "result_file": RESULT_FILE}
 
 
-def held_out_loss_score(sweeps: dict[str, tuple[dict, list[dict]]], tolerance: float) -> dict:
-    """sweeps: {"select": (baseline, rows), "score": (baseline, rows)}, the same interventions in the
-    same order. The best intervention is chosen on the select half; the score is its forget-loss
-    increase on the score half (its retain-loss increase there is reported beside it). The curve is
-    the whole sweep on the score half: (retain increase, forget increase) per intervention."""
-    select = loss_unlearning_score(*sweeps["select"], tolerance)
-    scored = loss_unlearning_score(*sweeps["score"], tolerance)  # adds the relative increases to its rows
-    rows = sweeps["score"][1]
+def held_out_loss_score(select: tuple[dict, list[dict]], scored: tuple[dict, list[dict]] | None,
+                        tolerance: float) -> dict:
+    """select: (baseline, rows) of the whole sweep on the select half; scored: (baseline, [row]) of the
+    intervention chosen there, measured on the score half (None if none was chosen). The choice is
+    SAEBench's rule (the largest forget-loss rise whose retain-loss rise is within `tolerance`), made on
+    the select half; the score is the chosen intervention's forget-loss rise on the score half, its
+    retain-loss rise there reported beside it. The curve is the whole sweep on the select half:
+    (retain rise, forget rise) per intervention (descriptive: no maximum is taken over it)."""
+    choice = loss_unlearning_score(*select, tolerance)  # adds the relative increases to the select rows
     curve = sorted(({"retain_loss_increase": r["retain_loss_increase"], "forget_loss_increase": r["forget_loss_increase"],
-                     **{k: r[k] for k in ("retain_threshold", "n_features", "multiplier")}} for r in rows),
+                     **{k: r[k] for k in ("retain_threshold", "n_features", "multiplier")}} for r in select[1]),
                    key=lambda p: p["retain_loss_increase"])
-    out = {"tolerance": tolerance, "select_half": {k: v for k, v in select.items() if k != "best_intervention"},
-           "score_half_best_in_hindsight": scored["score"], "curve": curve, "rows": rows,
-           "select_rows": sweeps["select"][1], "baseline": sweeps["score"][0]}
-    if select["score"] is None:
-        return {**out, "score": None, "reason": select["reason"] + " (select half)"}
-    chosen = rows[sweeps["select"][1].index(select["best_intervention"])]
-    return {**out, "score": chosen["forget_loss_increase"], "best_intervention": chosen,
-            "retain_within_tolerance_on_score_half": chosen["retain_loss_increase"] <= tolerance + 1e-12}
+    out = {"tolerance": tolerance, "select_half": {k: v for k, v in choice.items() if k != "best_intervention"},
+           "curve": curve, "curve_half": "select", "select_rows": select[1], "select_baseline": select[0]}
+    if choice["score"] is None or scored is None:
+        return {**out, "score": None, "reason": choice.get("reason", "nothing was chosen") + " (select half)"}
+    loss_unlearning_score(*scored, tolerance)  # the relative increases of the chosen row on the score half
+    row = scored[1][0]
+    return {**out, "score": row["forget_loss_increase"], "best_intervention": row, "score_baseline": scored[0],
+            "retain_within_tolerance_on_score_half": row["retain_loss_increase"] <= tolerance + 1e-12}
 
 
 def headline(r: dict) -> str:

@@ -26,7 +26,8 @@ TINY_EVALS = {  # every eval on a tiny budget
     "core": ["reconstruction_batches=1", "sparsity_variance_batches=2", "batch_size_prompts=4"],
     "diagnostics": ["docs_per_class=6", "sequences=8", "domain_texts=8", "context_length=32"],
     "sparse_probing": ["train_per_class=8", "test_per_class=4", "context_length=32"],
-    "unlearning": ["sparsity_rows=4", "forget_loss_rows=2", "retain_loss_rows=4", "questions_per_subject=2"],
+    "unlearning": ["sparsity_rows=4", "select_forget_rows=2", "select_retain_rows=2", "score_forget_rows=2",
+                   "score_retain_rows=4", "questions_per_subject=2"],
     "scr": ["texts_per_cell=24", "context_length=32"],
     "tpp": ["texts_per_cell=24", "context_length=32"],
     "absorption": ["words_per_letter=6"],
@@ -115,8 +116,9 @@ def test_every_eval_writes_its_saebench_json_and_a_sane_summary(tiny_run):
     assert "24 option orderings" in un["mcq_reason"] and un["n_known_questions"]
     assert un["loss_unlearning_score"] is None or math.isfinite(un["loss_unlearning_score"])
     loss = json.loads((run / EVAL_FILES["unlearning"]).read_text())["loss"]
-    assert len(loss["rows"]) == len(loss["select_rows"]) == len(un["loss_curve"]) == 16
-    assert all(math.isfinite(r["forget_loss"]) for r in loss["rows"])
+    assert len(loss["select_rows"]) == len(un["loss_curve"]) == 16
+    assert all(math.isfinite(r["forget_loss"]) for r in loss["select_rows"])
+    assert (un["loss_unlearning_score"] is None) == (loss.get("best_intervention") is None)
     assert un["multiplier_scale"] > 3  # Gemma 3 270M's residual norm is ~10x gemma-2-2b's
     docs = loss["data"]["documents"]
     assert min(docs["forget"].values()) > 50 and min(docs["retain"].values()) > 500

@@ -47,34 +47,34 @@ def test_mcq_score_uses_saebenchs_rule_on_a_hand_made_sweep():
     assert out["status"] == "ok" and out["score"] == pytest.approx(0.4)
 
 
+def _iv(row, name):
+    return {**row, "name": name, "retain_threshold": 0.01, "n_features": 10, "multiplier": 1.0}
+
+
 def test_held_out_score_is_the_select_halfs_choice_measured_on_the_score_half():
     from evals.unlearning import held_out_loss_score
 
     base = {"forget_loss": 2.0, "retain_loss": 4.0}
     # select half: "a" is best within tolerance (+20%), "b" +10%, "c" breaks the retain tolerance
-    select = [_row(2.4, 4.02, name="a"), _row(2.2, 4.0, name="b"), _row(4.0, 4.4, name="c")]
-    # score half: in hindsight "b" would be best (+30%), but "a" was chosen: the score is a's +5%
-    score = [_row(2.1, 4.02, name="a"), _row(2.6, 4.0, name="b"), _row(4.0, 4.4, name="c")]
-    for rows in (select, score):
-        for r in rows:
-            r.update(retain_threshold=0.01, n_features=10, multiplier=1.0)
-    out = held_out_loss_score({"select": (base, select), "score": (base, score)}, tolerance=0.01)
+    select = [_iv(_row(2.4, 4.02), "a"), _iv(_row(2.2, 4.0), "b"), _iv(_row(4.0, 4.4), "c")]
+    # the score half measures "a" only: forget +5%, retain +0.5%
+    score_base = {"forget_loss": 2.0, "retain_loss": 2.0}
+    out = held_out_loss_score((base, select), (score_base, [_iv(_row(2.1, 2.01), "a")]), tolerance=0.01)
     assert out["best_intervention"]["name"] == "a"
     assert out["score"] == pytest.approx(0.05)
     assert out["select_half"]["score"] == pytest.approx(0.2)
-    assert out["score_half_best_in_hindsight"] == pytest.approx(0.3)
+    assert out["best_intervention"]["retain_loss_increase"] == pytest.approx(0.005)
     assert out["retain_within_tolerance_on_score_half"]
-    # the curve: every intervention on the score half, ordered by retain increase
+    # the curve: every intervention on the select half, ordered by retain increase
     assert [round(p["retain_loss_increase"], 3) for p in out["curve"]] == [0.0, 0.005, 0.1]
-    assert out["curve"][2]["forget_loss_increase"] == pytest.approx(1.0)
+    assert out["curve"][2]["forget_loss_increase"] == pytest.approx(1.0) and out["curve_half"] == "select"
 
 
 def test_held_out_score_is_none_when_nothing_is_within_tolerance_on_the_select_half():
     from evals.unlearning import held_out_loss_score
 
     base = {"forget_loss": 2.0, "retain_loss": 4.0}
-    rows = lambda: [{**_row(3.0, 4.4), "retain_threshold": 0.01, "n_features": 10, "multiplier": 1.0}]  # noqa: E731
-    out = held_out_loss_score({"select": (base, rows()), "score": (base, rows())}, tolerance=0.01)
+    out = held_out_loss_score((base, [_iv(_row(3.0, 4.4), "a")]), None, tolerance=0.01)
     assert out["score"] is None and "select half" in out["reason"] and len(out["curve"]) == 1
 
 
