@@ -201,7 +201,10 @@ def plot_unlearning(runs, out: Path) -> Path | None:
             ax.plot([100 * p["retain_loss_increase"] for p in curve], [100 * p["forget_loss_increase"] for p in curve],
                     "o", color=f"C{i}", ms=4, label=r["label"])
     ax.axvline(100 * u[0]["loss_score_tolerance"], color="gray", ls="--", lw=1, label="retain tolerance")
-    ax.set(xscale="symlog", xlabel="retain-loss rise, % (score half)", ylabel="forget-loss rise, % (score half)",
+    if not any(x.get("loss_curve") for x in u):
+        ax.text(0.5, 0.5, "no run has the curve\n(made before it was recorded)", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set(xscale="symlog", xlabel="retain-loss rise, % (select half)", ylabel="forget-loss rise, % (select half)",
            title="every intervention of the sweep")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
