@@ -48,12 +48,6 @@ def row_losses(model, tokens: torch.Tensor, batch_size: int) -> tuple[torch.Tens
     return torch.cat(sums), torch.cat(counts)
 
 
-def mean_next_token_loss(model, tokens: torch.Tensor, batch_size: int) -> float:
-    """Mean next-token loss over real targets (BOS/EOS/pad targets excluded)."""
-    sums, counts = row_losses(model, tokens, batch_size)
-    return float(sums.sum() / counts.sum().clamp_min(1))
-
-
 @torch.no_grad()
 def features_firing_per_row(model, sae, tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
     """[rows, d_sae] bool: does the feature fire anywhere in the row after BOS (SAEBench's clamp zeroes
