@@ -37,6 +37,7 @@ from evals.unlearning_loss import _special_ids, loss_sweep, loss_unlearning_scor
 from evals.unlearning_mcq import embedded_mcq, full_scale_mcq
 from trainers import labelled_data
 from trainers.data import is_held_out
+from trainers.model import token_activations
 
 RESULT_FILE = "unlearning_eval_results.json"
 RETAIN_THRESHOLDS = (0.001, 0.01)  # SAEBench's default sweep
@@ -99,18 +100,11 @@ def _tokens(texts: list[str], tokenizer, n_rows: int) -> torch.Tensor:
     return rows[:n_rows]
 
 
-@torch.no_grad()
 def median_token_norm(model, hook: str, tokens: torch.Tensor, batch_size: int) -> float:
-    """Median L2 norm of the hook's activations over real tokens (BOS, whose norm is far larger, excluded)."""
-    special = _special_ids(model.tokenizer)
-    layer = int(hook.split(".")[1])
-    norms = []
-    for i in range(0, len(tokens), batch_size):
-        batch = tokens[i:i + batch_size].to(model.cfg.device)
-        _, cache = model.run_with_cache(batch, names_filter=[hook], stop_at_layer=layer + 1)
-        keep = ~torch.isin(batch.cpu(), special)
-        norms.append(cache[hook].float().norm(dim=-1).cpu()[keep])
-    return float(torch.cat(norms).median())
+    """Median L2 norm of the hook's activations over real tokens (BOS, whose norm is far larger, and
+    EOS/pad excluded)."""
+    norms = token_activations(model, hook, tokens, batch_size).norm(dim=-1)  # BOS position dropped
+    return float(norms[~torch.isin(tokens[:, 1:], _special_ids(model.tokenizer))].median())
 
 
 def run(ctx: EvalContext, settings: Settings) -> dict:

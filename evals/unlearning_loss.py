@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evals.saebench_glue import features_clamped
+from trainers.model import token_activations
 
 
 def loss_unlearning_score(baseline: dict, rows: list[dict], tolerance: float) -> dict:
@@ -52,13 +53,8 @@ def row_losses(model, tokens: torch.Tensor, batch_size: int) -> tuple[torch.Tens
 def features_firing_per_row(model, sae, tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
     """[rows, d_sae] bool: does the feature fire anywhere in the row after BOS (SAEBench's clamp zeroes
     position 0, so BOS never counts)."""
-    hook, layer = sae.cfg.hook_name, int(sae.cfg.hook_name.split(".")[1])
-    out = []
-    for i in range(0, len(tokens), batch_size):
-        batch = tokens[i:i + batch_size].to(model.cfg.device)
-        _, cache = model.run_with_cache(batch, names_filter=[hook], stop_at_layer=layer + 1)
-        out.append((sae.encode(cache[hook].to(sae.W_dec.dtype))[:, 1:] > 0).any(1).cpu())
-    return torch.cat(out)
+    acts = token_activations(model, sae.cfg.hook_name, tokens, batch_size)  # BOS position dropped
+    return torch.stack([(sae.encode(a.to(sae.W_dec.device, sae.W_dec.dtype)) > 0).any(0).cpu() for a in acts])
 
 
 def loss_sweep(model, sae, interventions: list[dict], forget_tokens: torch.Tensor, retain_tokens: torch.Tensor,
