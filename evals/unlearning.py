@@ -117,7 +117,17 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     tok = model.tokenizer
     text = {d: halves(ctx.domain_texts(d), s.split_seed) for d in ("forget", "retain")}
-    corpus = lambda domain, half, n: _tokens(text[domain][half], tok, n)  # noqa: E731
+    sizes = {("forget", "select"): max(s.select_forget_rows, s.sparsity_rows),
+             ("retain", "select"): max(s.select_retain_rows, s.sparsity_rows, s.select_forget_rows),
+             ("forget", "score"): s.score_forget_rows, ("retain", "score"): s.score_retain_rows}
+    rows = {}
+    for (domain, half), n in sizes.items():  # all before any model work: too little text fails here, not after the sweep
+        try:
+            rows[domain, half] = _tokens(text[domain][half], tok, n)
+        except ValueError as e:
+            raise ValueError(f"{domain} text, {half} half ({len(text[domain][half])} held-out documents): {e}; "
+                             "lower unlearning's row settings or raise --held_out_percent") from None
+    corpus = lambda domain, half, n: rows[domain, half][:n]  # noqa: E731
     norm = median_token_norm(model, sae.cfg.hook_name, corpus("retain", "select", s.select_forget_rows), s.batch_size)
     scale = norm / REFERENCE_NORM
     multipliers = tuple(round(m * scale, 1) for m in MULTIPLIERS)

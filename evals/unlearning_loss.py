@@ -9,11 +9,13 @@ relative retain-loss increase is at most `tolerance` (0.01: 1%). None, with the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from evals.saebench_glue import features_clamped
-from trainers.model import token_activations
 
 
 def loss_unlearning_score(baseline: dict, rows: list[dict], tolerance: float) -> dict:
@@ -37,7 +39,7 @@ def _special_ids(tok) -> torch.Tensor:
 @torch.no_grad()
 def row_losses(model, tokens: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of next-token losses, number of targets) per row, over real targets (BOS/EOS/pad targets
-    excluded)."""
+    excluded): the model's own forward, every position. The reference the fast path is tested against."""
     special = _special_ids(model.tokenizer)
     sums, counts = [], []
     for i in range(0, len(tokens), batch_size):
@@ -49,12 +51,67 @@ def row_losses(model, tokens: torch.Tensor, batch_size: int) -> tuple[torch.Tens
     return torch.cat(sums), torch.cat(counts)
 
 
+@dataclass
+class Clean:
+    """One corpus's clean pass: what every intervention's rerun starts from."""
+    tokens: torch.Tensor  # [rows, ctx]
+    losses: torch.Tensor  # [rows, ctx - 1] float64 next-token losses, unmodified model
+    keep: torch.Tensor  # [rows, ctx - 1] bool: real targets (not BOS/EOS/pad)
+    resid: torch.Tensor  # [rows, ctx, d_model] the residual entering the SAE's layer
+    first_firing: torch.Tensor  # [rows, d_sae] int32: first position (>= 1) where the feature fires; ctx if none
+
+    def totals(self, losses: torch.Tensor | None = None) -> float:
+        losses = self.losses if losses is None else losses
+        return float((losses * self.keep).sum() / self.keep.sum().clamp_min(1))
+
+
 @torch.no_grad()
-def features_firing_per_row(model, sae, tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """[rows, d_sae] bool: does the feature fire anywhere in the row after BOS (SAEBench's clamp zeroes
-    position 0, so BOS never counts)."""
-    acts = token_activations(model, sae.cfg.hook_name, tokens, batch_size)  # BOS position dropped
-    return torch.stack([(sae.encode(a.to(sae.W_dec.device, sae.W_dec.dtype)) > 0).any(0).cpu() for a in acts])
+def clean_pass(model, sae, tokens: torch.Tensor, batch_size: int) -> Clean:
+    """Per-token clean losses, the residual entering the SAE's layer, and where each SAE feature first
+    fires in each row (after BOS: SAEBench's clamp zeroes position 0), from one forward per batch."""
+    layer, hook = sae.cfg.hook_layer, sae.cfg.hook_name
+    entry = f"blocks.{layer}.hook_resid_pre"
+    special = _special_ids(model.tokenizer)
+    ctx = tokens.shape[1]
+    positions = torch.arange(1, ctx, dtype=torch.int32)
+    losses, resid, first = [], [], []
+    for chunk in tokens.split(batch_size):
+        loss, cache = model.run_with_cache(chunk.to(model.cfg.device), names_filter=[entry, hook],
+                                           return_type="loss", loss_per_token=True)
+        losses.append(loss.double().cpu())
+        resid.append(cache[entry].cpu())
+        fires = (sae.encode(cache[hook][:, 1:].to(sae.W_dec.device, sae.W_dec.dtype)) > 0).cpu()  # [B, ctx-1, d_sae]
+        first.append(torch.where(fires, positions[None, :, None], ctx).amin(1).int())
+    return Clean(tokens, torch.cat(losses), ~torch.isin(tokens[:, 1:], special), torch.cat(resid), torch.cat(first))
+
+
+@torch.no_grad()
+def _rerun_losses(model, clean: Clean, rows: torch.Tensor, start: torch.Tensor, layer: int, batch_size: int,
+                  w_u: torch.Tensor) -> torch.Tensor:
+    """[len(rows), ctx - 1] losses under the hooks now on the model (the clamp): rows start again from
+    the cached residual entering the SAE's layer, and only positions >= the row's first firing go through
+    the final norm and the unembedding (earlier positions cannot change in a causal model: their clean
+    losses are kept). Same arithmetic as the model's own forward (ln_final, unembed, softcap,
+    log-softmax) on fewer positions. w_u: W_U.T made contiguous (TransformerLens's Unembed.forward
+    copies it on every call, 671 MB for Gemma 3's 262k vocabulary; made once per sweep here, then
+    F.linear as Unembed does it: the same numbers)."""
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    out = clean.losses[rows].clone()
+    for i in range(0, len(rows), batch_size):
+        idx, first = rows[i:i + batch_size], start[i:i + batch_size]
+        final = model(clean.resid[idx].to(model.cfg.device), start_at_layer=layer, stop_at_layer=model.cfg.n_layers)
+        ctx = final.shape[1]
+        pos = torch.arange(ctx - 1)
+        r, t = torch.nonzero(pos[None, :] >= first[:, None], as_tuple=True)  # (row in batch, position)
+        for j in range(0, len(r), 256):  # bounded logits memory: 256 x d_vocab
+            rj, tj = r[j:j + 256], t[j:j + 256]
+            x = model.ln_final(final[rj, tj][None])
+            logits = apply_softcap(F.linear(x, w_u, model.unembed.b_U), model.cfg.output_logits_soft_cap)[0]
+            targets = clean.tokens[idx][rj, tj + 1].to(logits.device)
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
+            out[i + rj, tj] = -logp.double().cpu()
+    return out
 
 
 def loss_sweep(model, sae, interventions: list[dict], forget_tokens: torch.Tensor, retain_tokens: torch.Tensor,
@@ -64,29 +121,41 @@ def loss_sweep(model, sae, interventions: list[dict], forget_tokens: torch.Tenso
 
     Why computed by hand around SAEBench's clamp: it changes the residual only at positions where one of
     the clamped features fires (elsewhere it adds back exactly the reconstruction error it took out), so
-    a row where none of them fires keeps its baseline loss. Only the rows where one fires are run again
-    under the intervention: the same numbers (tests/test_unlearning_loss_exact.py) for a fraction of the
-    forward passes, which is what lets the score use enough tokens (the retain rows rarely hold one).
-    `skip_unaffected=False` runs every row again."""
+    in a causal model every position before a row's first firing keeps its clean loss, and a row where
+    none fires keeps all of them. Only those positions are recomputed, starting from the residual that
+    enters the SAE's layer: the same numbers (tests/test_unlearning_loss_exact.py) for a fraction of the
+    work, which is what lets the score use enough tokens. `skip_unaffected=False` runs every row through
+    the model's own forward under the clamp instead (the reference)."""
     model.reset_hooks()
     corpora = {"forget": forget_tokens, "retain": retain_tokens}
-    base = {name: row_losses(model, t, batch_size) for name, t in corpora.items()}
-    firing = {name: features_firing_per_row(model, sae, t, batch_size) for name, t in corpora.items()} if skip_unaffected else None
-    baseline = {f"{name}_loss": float(s.sum() / c.sum().clamp_min(1)) for name, (s, c) in base.items()}
+    clean = {name: clean_pass(model, sae, t, batch_size) for name, t in corpora.items()}
+    baseline = {f"{name}_loss": c.totals() for name, c in clean.items()}
+    w_u = model.unembed.W_U.T.contiguous() if skip_unaffected else None
     rows = []
     for iv in tqdm(interventions, desc=desc):
         row = {k: iv[k] for k in ("retain_threshold", "n_features", "multiplier")}
         features = [int(f) for f in iv["features"]]
         row.update(n_features_selected=len(features), features=features)
-        for name, tokens in corpora.items():
-            sums, counts = base[name]
-            affected = (firing[name][:, features].any(1) if skip_unaffected else torch.ones(len(tokens), dtype=torch.bool)) \
-                if features else torch.zeros(len(tokens), dtype=torch.bool)
-            sums = sums.clone()
-            if affected.any():
+        for name, c in clean.items():
+            n, ctx = c.tokens.shape
+            start = c.first_firing[:, features].amin(1) if features else torch.full((n,), ctx)
+            if not skip_unaffected and features:
+                start = torch.ones(n, dtype=start.dtype)
+            affected = torch.nonzero(start < ctx)[:, 0]
+            losses = c.losses
+            if len(affected):
                 with features_clamped(model, sae, features, iv["multiplier"]):
-                    sums[affected] = row_losses(model, tokens[affected], batch_size)[0]
-            row[f"{name}_loss"] = float(sums.sum() / counts.sum().clamp_min(1))
-            row[f"{name}_rows_rerun"] = int(affected.sum())
+                    if skip_unaffected:
+                        losses = losses.clone()
+                        losses[affected] = _rerun_losses(model, c, affected, start[affected],
+                                                                 sae.cfg.hook_layer, batch_size, w_u)
+                    else:
+                        s, k = row_losses(model, c.tokens, batch_size)
+                        losses = None
+                        row[f"{name}_loss"] = float(s.sum() / k.sum().clamp_min(1))
+            if losses is not None:
+                row[f"{name}_loss"] = c.totals(losses)
+            row[f"{name}_rows_rerun"] = int(len(affected))
+            row[f"{name}_positions_rerun"] = int((ctx - 1 - start[affected]).sum())  # loss positions recomputed
         rows.append(row)
     return baseline, rows

@@ -1,4 +1,5 @@
-"""The loss sweep reruns only the rows a clamp can change, and gets the numbers of rerunning them all."""
+"""The loss sweep reruns only the rows and positions a clamp can change, from the residual entering the
+SAE's layer, and gets the numbers of rerunning every row through the model's own forward."""
 
 import pytest
 import torch
@@ -35,15 +36,20 @@ def _sparse_sae(model, d_sae=12, fire_rate=0.004, seed=0):
     return formatted_sae(sae.eval(), "cpu")[1]
 
 
-def test_skipping_rows_where_no_clamped_feature_fires_gives_the_full_rerun_numbers(model):
-    from evals.unlearning_loss import features_firing_per_row, loss_sweep
+def test_rerunning_only_positions_after_the_first_firing_gives_the_full_rerun_numbers(model):
+    from evals.unlearning_loss import clean_pass, loss_sweep, row_losses
 
     sae = _sparse_sae(model)
     g = torch.Generator().manual_seed(1)
     forget, retain = (torch.randint(1000, 20000, (12, 64), generator=g) for _ in range(2))
     forget[:, 0] = retain[:, 0] = model.tokenizer.bos_token_id
-    firing = features_firing_per_row(model, sae, retain, 4)
-    assert 0 < firing[:, [0, 1, 2]].any(1).sum() < len(retain)  # some rows are skipped, some rerun
+    clean = clean_pass(model, sae, retain, 4)
+    first = clean.first_firing[:, [0, 1, 2]].amin(1)
+    assert 0 < (first < 64).sum() < len(retain)  # some rows are skipped, some rerun
+    assert (first[first < 64] > 1).any()  # some rerun rows keep clean losses before their first firing
+    sums, counts = row_losses(model, retain, 4)  # the clean pass's losses are the model's own
+    assert torch.allclose((clean.losses * clean.keep).sum(1), sums, rtol=1e-6)
+    assert torch.equal(clean.keep.sum(1), counts)
     interventions = [{"retain_threshold": 0.01, "n_features": 3, "multiplier": 2000.0, "features": [0, 1, 2]},
                      {"retain_threshold": 0.01, "n_features": 0, "multiplier": 2000.0, "features": []}]
     base_fast, fast = loss_sweep(model, sae, interventions, forget, retain, 4)
@@ -53,5 +59,6 @@ def test_skipping_rows_where_no_clamped_feature_fires_gives_the_full_rerun_numbe
         for key in ("forget_loss", "retain_loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-5)
     assert fast[0]["retain_rows_rerun"] < full[0]["retain_rows_rerun"] == len(retain)
+    assert fast[0]["retain_positions_rerun"] < fast[0]["retain_rows_rerun"] * 63
     assert fast[0]["retain_loss"] != pytest.approx(base_fast["retain_loss"], rel=1e-4)  # the clamp did act
     assert fast[1]["retain_loss"] == base_fast["retain_loss"] and fast[1]["retain_rows_rerun"] == 0
