@@ -192,7 +192,7 @@ def plot_unlearning(runs, out: Path) -> Path | None:
     u = [r["info"]["unlearning"] for r in runs]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     _bars_or_na(axes[0], runs, [x["loss_unlearning_score"] for x in u],
-                f"loss-based: forget-loss rise (score half),\nretain within +{u[0]['loss_score_tolerance']:.0%} (select half)")
+                f"loss-based: forget-loss rise at retain +{u[0]['loss_score_tolerance']:.0%}\n(score half, family chosen on the select half)")
     _bars_or_na(axes[1], runs, [x["mcq_unlearning_score"] for x in u], "SAEBench MCQ unlearning score")
     ax = axes[2]
     for i, (r, x) in enumerate(zip(runs, u)):

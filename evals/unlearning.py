@@ -10,11 +10,16 @@ use the same selection:
 Forget text = English Wikipedia biology/health summaries (stand-in for the WMDP-bio forget corpus),
 retain text = the other English summaries (stand-in for WikiText), held-out documents only.
 
-The loss-based score is selected on one half of that text and measured on the other: the held-out
-forget and retain documents are split in two by a hash salted with `split_seed`; firing frequencies
-and the choice of the best intervention use the "select" half, and the score is that intervention's
-forget-loss increase on the "score" half. The whole sweep is also measured on the score half (the
-forget-vs-retain curve). Rerun with another `split_seed` to see how much the score moves.
+The loss-based score is chosen on one half of that text and measured on the other: the held-out
+forget and retain documents are split in two by a hash salted with `split_seed`. On the "select" half:
+the firing frequencies, and the whole sweep's forget and retain loss rises (the forget-vs-retain
+curve). Each family of the sweep (the same features at 4 multipliers) is read piecewise-linearly at a
+retain-loss rise of exactly the tolerance, and the family with the largest forget rise there is chosen,
+with the two multipliers that bracket the tolerance. On the "score" half only those two are measured,
+and the score is the forget-loss rise where that family's score-half curve reaches the tolerance.
+Why not SAEBench's rule (the best sweep point within the tolerance): with 4 multipliers a factor 2
+apart, it scores wherever the grid happens to fall below the tolerance, and on another half the same
+point lands on the other side of it. Rerun with another `split_seed` to see how much the score moves.
 
 Multipliers: SAEBench's (25, 50, 100, 200) are absolute activation values chosen for gemma-2-2b, whose
 residual stream norm at the layers SAEBench unlearns is about REFERENCE_NORM. A clamp of -m adds
@@ -33,7 +38,8 @@ import torch
 
 from evals.context import EvalContext
 from evals.saebench_glue import formatted_sae, grad_mode_restored, hooks_cleared, write_json_atomic
-from evals.unlearning_loss import _special_ids, loss_sweep, loss_unlearning_score
+from evals.unlearning_loss import (_special_ids, forget_rise_at_tolerance, interpolated_choice, loss_sweep,
+                                   loss_unlearning_score)
 from evals.unlearning_mcq import embedded_mcq, full_scale_mcq
 from trainers import labelled_data
 from trainers.data import is_held_out
@@ -161,13 +167,13 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
         select = loss_sweep(model, sae, interventions, corpus("forget", "select", s.select_forget_rows),
                             corpus("retain", "select", s.select_retain_rows), s.batch_size,
                             desc="unlearning sweep (select half)")
-        choice = loss_unlearning_score(*select, s.loss_tolerance)
-        scored = None
-        if choice["score"] is not None:
-            chosen = interventions[select[1].index(choice["best_intervention"])]
-            scored = loss_sweep(model, sae, [chosen], corpus("forget", "score", s.score_forget_rows),
-                                corpus("retain", "score", s.score_retain_rows), s.batch_size,
-                                desc="unlearning: the chosen intervention (score half)")
+        loss_unlearning_score(*select, s.loss_tolerance)  # the relative increases of every select row
+        chosen = interpolated_choice(select[1], s.loss_tolerance)["chosen"]
+        bracket = [iv for iv in interventions if (iv["retain_threshold"], iv["n_features"]) ==
+                   (chosen["retain_threshold"], chosen["n_features"]) and iv["multiplier"] in chosen["bracket"]]
+        scored = loss_sweep(model, sae, bracket, corpus("forget", "score", s.score_forget_rows),
+                            corpus("retain", "score", s.score_retain_rows), s.batch_size,
+                            desc="unlearning: the chosen family's bracket (score half)")
         result["loss"] = held_out_loss_score(select, scored, s.loss_tolerance)
         result["loss"]["data"] = {"split_seed": s.split_seed,
                                   "tokens": {"select": {"forget": s.select_forget_rows * SEQ_LEN,
@@ -179,42 +185,46 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     result["retain_sparsity_mean"] = float(np.mean(retain_sparsity))
     write_json_atomic(ctx.out_dir / RESULT_FILE, result)
     loss, mcq = result["loss"], result["mcq"]
-    best = loss.get("best_intervention")
     return {"loss_unlearning_score": loss["score"], "loss_score_tolerance": s.loss_tolerance,
-            "loss_score_reason": loss.get("reason"),
-            "loss_score_on_select_half": loss["select_half"]["score"],
-            "best_loss_intervention": {k: best[k] for k in ("retain_threshold", "n_features", "multiplier",
-                                                            "forget_loss_increase", "retain_loss_increase")}
-            if best else None,
+            "loss_score_is_lower_bound": loss["score_is_lower_bound"],
+            "loss_score_on_select_half": loss["select_half"]["chosen"]["forget_rise"],
+            "loss_score_saebench_rule_select_half": loss["select_half"]["saebench_rule"]["score"],
+            "loss_score_family": loss["chosen_family"],
             "loss_curve": loss["curve"], "multiplier_scale": scale, "split_seed": s.split_seed,
             "mcq_unlearning_score": mcq["score"], "mcq_status": mcq["status"], "mcq_reason": mcq.get("reason"),
             "n_known_questions": mcq.get("n_known_questions"), "result_file": RESULT_FILE}
 
 
-def held_out_loss_score(select: tuple[dict, list[dict]], scored: tuple[dict, list[dict]] | None,
-                        tolerance: float) -> dict:
-    """select: (baseline, rows) of the whole sweep on the select half; scored: (baseline, [row]) of the
-    intervention chosen there, measured on the score half (None if none was chosen). The choice is
-    SAEBench's rule (the largest forget-loss rise whose retain-loss rise is within `tolerance`), made on
-    the select half; the score is the chosen intervention's forget-loss rise on the score half, its
-    retain-loss rise there reported beside it. The curve is the whole sweep on the select half:
-    (retain rise, forget rise) per intervention (descriptive: no maximum is taken over it)."""
-    choice = loss_unlearning_score(*select, tolerance)  # adds the relative increases to the select rows
+def held_out_loss_score(select: tuple[dict, list[dict]], scored: tuple[dict, list[dict]], tolerance: float) -> dict:
+    """select: (baseline, rows) of the whole sweep on the select half; scored: (baseline, rows) of the
+    chosen family's bracketing multipliers measured on the score half.
+
+    The score is the forget-loss rise at a retain-loss rise of exactly `tolerance`, read along the
+    chosen family's curve (origin and bracket points) measured on the score half; the family and the
+    bracket are chosen on the select half (interpolated_choice). Beside it, SAEBench's rule on the
+    select half (the best sweep point within the tolerance) and the whole curve there (descriptive:
+    no maximum is taken over it)."""
+    rule = loss_unlearning_score(*select, tolerance)  # adds the relative increases to the select rows
+    choice = interpolated_choice(select[1], tolerance)
     curve = sorted(({"retain_loss_increase": r["retain_loss_increase"], "forget_loss_increase": r["forget_loss_increase"],
                      **{k: r[k] for k in ("retain_threshold", "n_features", "multiplier")}} for r in select[1]),
                    key=lambda p: p["retain_loss_increase"])
-    out = {"tolerance": tolerance, "select_half": {k: v for k, v in choice.items() if k != "best_intervention"},
-           "curve": curve, "curve_half": "select", "select_rows": select[1], "select_baseline": select[0]}
-    if choice["score"] is None or scored is None:
-        return {**out, "score": None, "reason": choice.get("reason", "nothing was chosen") + " (select half)"}
-    loss_unlearning_score(*scored, tolerance)  # the relative increases of the chosen row on the score half
-    row = scored[1][0]
-    return {**out, "score": row["forget_loss_increase"], "best_intervention": row, "score_baseline": scored[0],
-            "retain_within_tolerance_on_score_half": row["retain_loss_increase"] <= tolerance + 1e-12}
+    loss_unlearning_score(*scored, tolerance)  # the relative increases of the bracket rows on the score half
+    at = forget_rise_at_tolerance([(r["multiplier"], r["retain_loss_increase"], r["forget_loss_increase"])
+                                   for r in scored[1]], tolerance)
+    return {"tolerance": tolerance, "score": at["forget_rise"], "score_is_lower_bound": at["lower_bound"],
+            "chosen_family": {k: choice["chosen"][k] for k in ("retain_threshold", "n_features")},
+            "score_half_bracket": at["bracket"], "score_rows": scored[1], "score_baseline": scored[0],
+            "select_half": {"at_tolerance": choice["families"], "chosen": choice["chosen"],
+                            "saebench_rule": {k: v for k, v in rule.items() if k != "best_intervention"},
+                            "saebench_rule_intervention": rule.get("best_intervention")},
+            "curve": curve, "curve_half": "select", "select_rows": select[1], "select_baseline": select[0]}
 
 
 def headline(r: dict) -> str:
     fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
-    return (f"loss-based score {fmt(r['loss_unlearning_score'])} (chosen on the select half, measured on the score "
-            f"half; retain tolerance {r['loss_score_tolerance']:.0%}; multipliers x{r['multiplier_scale']:.3g}); "
+    bound = ">= " if r.get("loss_score_is_lower_bound") else ""
+    return (f"loss-based score {bound}{fmt(r['loss_unlearning_score'])} (forget-loss rise at a retain-loss rise of "
+            f"{r['loss_score_tolerance']:.0%}, on the score half, along the family chosen on the select half; "
+            f"multipliers x{r['multiplier_scale']:.3g}); "
             f"SAEBench MCQ score {fmt(r['mcq_unlearning_score'])}" + (f" ({r['mcq_reason']})" if r.get("mcq_reason") else ""))

@@ -32,6 +32,36 @@ def loss_unlearning_score(baseline: dict, rows: list[dict], tolerance: float) ->
     return {**out, "score": best["forget_loss_increase"], "best_intervention": best}
 
 
+def forget_rise_at_tolerance(points: list[tuple[float, float, float]], tolerance: float) -> dict:
+    """points: (multiplier, retain rise, forget rise) of one family of interventions (the same clamped
+    features at several multipliers). With the origin (no clamp: no rise), in multiplier order, read
+    piecewise-linearly: the forget rise where the retain rise first reaches `tolerance`, and the two
+    multipliers bracketing that point (0 = the origin). When no point reaches the tolerance: the
+    largest multiplier's forget rise, marked as a lower bound (the sweep stops before the tolerance)."""
+    pts = [(0.0, 0.0, 0.0)] + sorted(points)
+    for (m0, r0, f0), (m1, r1, f1) in zip(pts, pts[1:]):
+        if r0 <= tolerance < r1:
+            return {"forget_rise": f0 + (f1 - f0) * (tolerance - r0) / (r1 - r0), "bracket": [m0, m1],
+                    "lower_bound": False}
+    return {"forget_rise": pts[-1][2], "bracket": [pts[-1][0]], "lower_bound": True}
+
+
+def interpolated_choice(rows: list[dict], tolerance: float) -> dict:
+    """rows: the sweep with its relative increases (see loss_unlearning_score). Per family (retain
+    threshold, n features) the forget rise at the retain tolerance (forget_rise_at_tolerance); the
+    chosen family is the one with the largest. Why interpolated: SAEBench's rule takes the best sweep
+    point within the tolerance, so the score jumps with where the multiplier grid happens to fall
+    relative to the tolerance, and with the noise of the few points near it."""
+    families: dict[tuple, list] = {}
+    for r in rows:
+        families.setdefault((r["retain_threshold"], r["n_features"]), []).append(
+            (r["multiplier"], r["retain_loss_increase"], r["forget_loss_increase"]))
+    table = [{"retain_threshold": k[0], "n_features": k[1], **forget_rise_at_tolerance(v, tolerance)}
+             for k, v in families.items()]
+    best = max(table, key=lambda t: t["forget_rise"])  # a lower bound above the others is still the best
+    return {"families": table, "chosen": best}
+
+
 def _special_ids(tok) -> torch.Tensor:
     return torch.tensor([t for t in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if t is not None])
 

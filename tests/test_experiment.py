@@ -114,11 +114,11 @@ def test_every_eval_writes_its_saebench_json_and_a_sane_summary(tiny_run):
     un = info["unlearning"]
     assert un["mcq_status"] == "not_applicable" and un["mcq_unlearning_score"] is None  # a 270M base model
     assert "24 option orderings" in un["mcq_reason"] and un["n_known_questions"]
-    assert un["loss_unlearning_score"] is None or math.isfinite(un["loss_unlearning_score"])
     loss = json.loads((run / EVAL_FILES["unlearning"]).read_text())["loss"]
     assert len(loss["select_rows"]) == len(un["loss_curve"]) == 16
     assert all(math.isfinite(r["forget_loss"]) for r in loss["select_rows"])
-    assert (un["loss_unlearning_score"] is None) == (loss.get("best_intervention") is None)
+    assert math.isfinite(un["loss_unlearning_score"]) and len(loss["score_rows"]) in (1, 2)
+    assert all(r["n_features"] == un["loss_score_family"]["n_features"] for r in loss["score_rows"])
     assert un["multiplier_scale"] > 3  # Gemma 3 270M's residual norm is ~10x gemma-2-2b's
     docs = loss["data"]["documents"]
     assert min(docs["forget"].values()) > 50 and min(docs["retain"].values()) > 500

@@ -47,35 +47,56 @@ def test_mcq_score_uses_saebenchs_rule_on_a_hand_made_sweep():
     assert out["status"] == "ok" and out["score"] == pytest.approx(0.4)
 
 
-def _iv(row, name):
-    return {**row, "name": name, "retain_threshold": 0.01, "n_features": 10, "multiplier": 1.0}
+def _iv(row, name, multiplier=1.0, threshold=0.01, n=10):
+    return {**row, "name": name, "retain_threshold": threshold, "n_features": n, "multiplier": multiplier}
 
 
-def test_held_out_score_is_the_select_halfs_choice_measured_on_the_score_half():
+def test_forget_rise_is_read_where_the_retain_rise_reaches_the_tolerance():
+    from evals.unlearning_loss import forget_rise_at_tolerance
+
+    # (multiplier, retain rise, forget rise): 1% retain falls between multipliers 2 (0.5%) and 4 (1.5%)
+    out = forget_rise_at_tolerance([(4.0, 0.015, 0.30), (2.0, 0.005, 0.10), (8.0, 0.04, 0.5)], 0.01)
+    assert out["forget_rise"] == pytest.approx(0.20) and out["bracket"] == [2.0, 4.0] and not out["lower_bound"]
+    # below the first point: read between the origin (no clamp) and it
+    out = forget_rise_at_tolerance([(2.0, 0.02, 0.10)], 0.01)
+    assert out["forget_rise"] == pytest.approx(0.05) and out["bracket"] == [0.0, 2.0]
+    # never reached: the largest multiplier's rise, flagged
+    out = forget_rise_at_tolerance([(2.0, 0.001, 0.02), (4.0, 0.004, 0.07)], 0.01)
+    assert out["forget_rise"] == pytest.approx(0.07) and out["lower_bound"] and out["bracket"] == [4.0]
+
+
+def test_the_family_with_the_largest_forget_rise_at_the_tolerance_is_chosen():
+    from evals.unlearning_loss import interpolated_choice
+
+    rows = [{"retain_threshold": t, "n_features": n, "multiplier": m, "retain_loss_increase": r, "forget_loss_increase": f}
+            for t, n, m, r, f in [(0.01, 10, 1, 0.02, 0.10), (0.01, 10, 2, 0.04, 0.2),     # at 1%: 0.05
+                                  (0.001, 10, 1, 0.004, 0.04), (0.001, 10, 2, 0.012, 0.16)]]  # at 1%: 0.13
+    out = interpolated_choice(rows, 0.01)
+    assert (out["chosen"]["retain_threshold"], out["chosen"]["n_features"]) == (0.001, 10)
+    assert out["chosen"]["forget_rise"] == pytest.approx(0.13) and out["chosen"]["bracket"] == [1, 2]
+    assert sorted(round(f["forget_rise"], 3) for f in out["families"]) == [0.05, 0.13]
+
+
+def test_held_out_score_reads_the_chosen_family_on_the_score_half():
     from evals.unlearning import held_out_loss_score
 
     base = {"forget_loss": 2.0, "retain_loss": 4.0}
-    # select half: "a" is best within tolerance (+20%), "b" +10%, "c" breaks the retain tolerance
-    select = [_iv(_row(2.4, 4.02), "a"), _iv(_row(2.2, 4.0), "b"), _iv(_row(4.0, 4.4), "c")]
-    # the score half measures "a" only: forget +5%, retain +0.5%
-    score_base = {"forget_loss": 2.0, "retain_loss": 2.0}
-    out = held_out_loss_score((base, select), (score_base, [_iv(_row(2.1, 2.01), "a")]), tolerance=0.01)
-    assert out["best_intervention"]["name"] == "a"
-    assert out["score"] == pytest.approx(0.05)
-    assert out["select_half"]["score"] == pytest.approx(0.2)
-    assert out["best_intervention"]["retain_loss_increase"] == pytest.approx(0.005)
-    assert out["retain_within_tolerance_on_score_half"]
+    # select half: family (0.001, 10) reaches retain +1% between multipliers 1 and 2 (forget +13%);
+    # family (0.01, 10) only +5% there. SAEBench's rule would pick multiplier 1 of the first (+4%).
+    select = [_iv(_row(2.2, 4.08), "a1", 1, 0.01), _iv(_row(2.4, 4.16), "a2", 2, 0.01),
+              _iv(_row(2.08, 4.016), "b1", 1, 0.001), _iv(_row(2.32, 4.048), "b2", 2, 0.001)]
+    # the score half measures the bracket of (0.001, 10): retain +0.5% / +1.5%, forget +10% / +30%
+    score_base = {"forget_loss": 1.0, "retain_loss": 2.0}
+    scored = [_iv(_row(1.1, 2.01), "b1", 1, 0.001), _iv(_row(1.3, 2.03), "b2", 2, 0.001)]
+    out = held_out_loss_score((base, select), (score_base, scored), tolerance=0.01)
+    assert out["chosen_family"] == {"retain_threshold": 0.001, "n_features": 10}
+    assert out["select_half"]["chosen"]["forget_rise"] == pytest.approx(0.13)
+    assert out["select_half"]["saebench_rule"]["score"] == pytest.approx(0.04)
+    assert out["score"] == pytest.approx(0.20) and not out["score_is_lower_bound"]
+    assert out["score_half_bracket"] == [1, 2]
     # the curve: every intervention on the select half, ordered by retain increase
-    assert [round(p["retain_loss_increase"], 3) for p in out["curve"]] == [0.0, 0.005, 0.1]
-    assert out["curve"][2]["forget_loss_increase"] == pytest.approx(1.0) and out["curve_half"] == "select"
-
-
-def test_held_out_score_is_none_when_nothing_is_within_tolerance_on_the_select_half():
-    from evals.unlearning import held_out_loss_score
-
-    base = {"forget_loss": 2.0, "retain_loss": 4.0}
-    out = held_out_loss_score((base, [_iv(_row(3.0, 4.4), "a")]), None, tolerance=0.01)
-    assert out["score"] is None and "select half" in out["reason"] and len(out["curve"]) == 1
+    assert [round(p["retain_loss_increase"], 3) for p in out["curve"]] == [0.004, 0.012, 0.02, 0.04]
+    assert out["curve_half"] == "select"
 
 
 def test_unlearning_halves_split_every_text_once_and_move_with_the_seed():
