@@ -67,18 +67,18 @@ def _special_ids(tok) -> torch.Tensor:
 
 
 @torch.no_grad()
+def token_losses(model, tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """[rows, ctx - 1] float64 next-token losses from the model's own forward, every position: the
+    reference the fast path is tested against."""
+    return torch.cat([model(chunk.to(model.cfg.device), return_type="loss", loss_per_token=True).double().cpu()
+                      for chunk in tokens.split(batch_size)])
+
+
 def row_losses(model, tokens: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of next-token losses, number of targets) per row, over real targets (BOS/EOS/pad targets
-    excluded): the model's own forward, every position. The reference the fast path is tested against."""
-    special = _special_ids(model.tokenizer)
-    sums, counts = [], []
-    for i in range(0, len(tokens), batch_size):
-        batch = tokens[i:i + batch_size].to(model.cfg.device)
-        loss = model(batch, return_type="loss", loss_per_token=True).double().cpu()  # [B, L-1]
-        keep = ~torch.isin(batch[:, 1:].cpu(), special)
-        sums.append((loss * keep).sum(1))
-        counts.append(keep.sum(1))
-    return torch.cat(sums), torch.cat(counts)
+    excluded), from token_losses."""
+    keep = ~torch.isin(tokens[:, 1:], _special_ids(model.tokenizer))
+    return (token_losses(model, tokens, batch_size) * keep).sum(1), keep.sum(1)
 
 
 @dataclass
@@ -130,6 +130,7 @@ def _rerun_losses(model, clean: Clean, rows: torch.Tensor, start: torch.Tensor, 
     out = clean.losses[rows].clone()
     for i in range(0, len(rows), batch_size):
         idx, first = rows[i:i + batch_size], start[i:i + batch_size]
+        tokens = clean.tokens[idx]
         final = model(clean.resid[idx].to(model.cfg.device), start_at_layer=layer, stop_at_layer=model.cfg.n_layers)
         ctx = final.shape[1]
         pos = torch.arange(ctx - 1)
@@ -138,7 +139,7 @@ def _rerun_losses(model, clean: Clean, rows: torch.Tensor, start: torch.Tensor, 
             rj, tj = r[j:j + 256], t[j:j + 256]
             x = model.ln_final(final[rj, tj][None])
             logits = apply_softcap(F.linear(x, w_u, model.unembed.b_U), model.cfg.output_logits_soft_cap)[0]
-            targets = clean.tokens[idx][rj, tj + 1].to(logits.device)
+            targets = tokens[rj, tj + 1].to(logits.device)
             logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
             out[i + rj, tj] = -logp.double().cpu()
     return out
@@ -177,14 +178,11 @@ def loss_sweep(model, sae, interventions: list[dict], forget_tokens: torch.Tenso
                 with features_clamped(model, sae, features, iv["multiplier"]):
                     if skip_unaffected:
                         losses = losses.clone()
-                        losses[affected] = _rerun_losses(model, c, affected, start[affected],
-                                                                 sae.cfg.hook_layer, batch_size, w_u)
+                        losses[affected] = _rerun_losses(model, c, affected, start[affected], sae.cfg.hook_layer,
+                                                         batch_size, w_u)
                     else:
-                        s, k = row_losses(model, c.tokens, batch_size)
-                        losses = None
-                        row[f"{name}_loss"] = float(s.sum() / k.sum().clamp_min(1))
-            if losses is not None:
-                row[f"{name}_loss"] = c.totals(losses)
+                        losses = token_losses(model, c.tokens, batch_size)
+            row[f"{name}_loss"] = c.totals(losses)
             row[f"{name}_rows_rerun"] = int(len(affected))
             row[f"{name}_positions_rerun"] = int((ctx - 1 - start[affected]).sum())  # loss positions recomputed
         rows.append(row)
