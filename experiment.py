@@ -17,7 +17,9 @@ OUT_DIR.partial/ and renamed at the end, so a crash never leaves a half-written 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import re
 import math
 import os
 import shutil
@@ -46,11 +48,13 @@ import torch  # noqa: E402
 from evals import DEFAULT_EVALS, EVALS  # noqa: E402
 from evals.context import EvalContext  # noqa: E402
 from trainers import VARIANTS  # noqa: E402
+from trainers.activation_cache import CacheReport, describe, open_or_build  # noqa: E402
 from trainers.buffer import ActivationBuffer, BufferError_  # noqa: E402
 from trainers.config import System, Target, UsageError, set_flag, set_named, split_args  # noqa: E402
 from trainers.data import DataError, TokenSequences, build_sequences  # noqa: E402
 from trainers.model import EMBEDDED_MODEL, EMBEDDED_TL_NAME, ModelError, hook_layer, load_model, pick_device, pick_dtype  # noqa: E402
-from trainers.trainer import TrainingFailed, TrainResult, TrainSettings, fold_into_model_space, train_sae  # noqa: E402
+from trainers.trainer import (Training, TrainingFailed, TrainResult, TrainSettings, fold_into_model_space,  # noqa: E402
+                              set_rng_state, train_saes)
 from trainers.variant_sae import VariantSettingError  # noqa: E402
 
 
@@ -60,12 +64,14 @@ class Config:
     training: TrainSettings  # --n_tokens, --batch_size, --lr, --seed, ...
     variant: object  # the variant's Config: --set VARIANT.FIELD=VALUE
     evals: dict[str, object]  # each selected eval's Settings, in run order: --evals=a,b, --set EVAL.FIELD=VALUE
-    system: System  # --device, --dtype, --out_dir, --overwrite, --notes, --eval_cache_dir
+    system: System  # --device, --dtype, --out_dir, --overwrite, --notes, --eval_cache_dir, --activation_cache...
+    sweep: dict | None = None  # for a run of a --sweep or of several hooks: this point's values and its siblings
 
     def to_json(self) -> dict:
         asdict = dataclasses.asdict
-        return {"target": asdict(self.target), "training": asdict(self.training), "variant": asdict(self.variant),
-                "evals": {name: asdict(s) for name, s in self.evals.items()}, "system": asdict(self.system)}
+        out = {"target": asdict(self.target), "training": asdict(self.training), "variant": asdict(self.variant),
+               "evals": {name: asdict(s) for name, s in self.evals.items()}, "system": asdict(self.system)}
+        return out if self.sweep is None else {**out, "sweep": self.sweep}
 
 
 # ---- 1. parse ---------------------------------------------------------------------------------
@@ -95,6 +101,71 @@ def parse(argv: list[str]) -> Config:
     return Config(target, training, variant, evals, system)
 
 
+# training settings a sweep may vary: SAEs trained together share every batch, so not the text, the
+# number of tokens or the batch shapes
+SWEEPABLE_TRAINING = ("lr", "seed", "lr_warm_up_frac", "lr_decay_frac", "dead_window_tokens")
+
+
+def parse_all(argv: list[str]) -> list[Config]:
+    """The configs of every SAE this command trains: one, or the grid of `--sweep FIELD=v1,v2,...`
+    (several --sweeps multiply) and of `--hook=h1,h2` (one SAE per hook, all from one forward pass).
+    Each point is parsed exactly as the single run `python experiment.py <flags> <its values>` would
+    be, and gets its own --out_dir: run_5 -> run_5, run_6, ... (another name -> NAME_0, NAME_1, ...)."""
+    plain, sweeps = [], []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--sweep" or arg.startswith("--sweep="):
+            item = arg.partition("=")[2] if arg.startswith("--sweep=") else (args.pop(0) if args else "")
+            field, eq, values = item.partition("=")
+            if not eq or not field or not values.strip(","):
+                raise UsageError(f"--sweep {item!r}: write --sweep FIELD=v1,v2,..., e.g. --sweep relu.l1_coefficient=0.5,1,2")
+            sweeps.append((field, [v for v in values.split(",") if v]))
+        elif arg.startswith("--hook=") and "," in arg:
+            sweeps.append(("hook", [h for h in arg.removeprefix("--hook=").split(",") if h]))
+        else:
+            plain.append(arg)
+    base = parse(plain)
+    if not sweeps:
+        return [base]
+    fields = [f for f, _ in sweeps]
+    for field in fields:
+        name, dot, attr = field.partition(".")
+        if fields.count(field) > 1:
+            raise UsageError(f"--sweep {field} is given twice; list all its values in one --sweep")
+        if dot and name != base.target.variant:
+            raise UsageError(f"--sweep {field}: this run trains variant {base.target.variant!r}, not {name!r}")
+        if not dot and field not in SWEEPABLE_TRAINING + ("hook",):
+            raise UsageError(f"--sweep {field}: SAEs trained together share every batch, so only a variant setting "
+                             f"(VARIANT.FIELD), --hook or a training setting ({', '.join(SWEEPABLE_TRAINING)}) can be swept")
+    grid = list(itertools.product(*[values for _, values in sweeps]))
+    outs = sweep_out_dirs(base.system.out_dir, len(grid))
+    cfgs = []
+    for i, point in enumerate(grid):
+        extra = [f"--out_dir={outs[i]}"]
+        for field, value in zip(fields, point):
+            extra += ["--set", f"{field}={value}"] if "." in field else [f"--{field}={value}"]
+        cfg = parse(plain + extra)
+        cfg.sweep = {"values": {f: sweep_value(cfg, f) for f in fields}, "index": i, "runs": outs}
+        cfgs.append(cfg)
+    return cfgs
+
+
+def sweep_value(cfg: Config, field: str):
+    """The value a swept field took in this config, as parsed (typed)."""
+    if field == "hook":
+        return cfg.target.hook
+    name, dot, attr = field.partition(".")
+    return getattr(cfg.variant, attr) if dot else getattr(cfg.training, field)
+
+
+def sweep_out_dirs(base: str, n: int) -> list[str]:
+    match = re.fullmatch(r"(.*_)(\d+)", base)
+    if match:
+        return [f"{match.group(1)}{int(match.group(2)) + i}" for i in range(n)]
+    return [f"{base}_{i}" for i in range(n)]
+
+
 def selected_evals(text: str) -> tuple[str, ...]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if names == ["all"]:
@@ -113,41 +184,56 @@ def selected_evals(text: str) -> tuple[str, ...]:
 @dataclass
 class Loaded:
     model: object  # HookedTransformer, loaded once for training and every eval
-    train_seqs: TokenSequences
-    buffer: ActivationBuffer
+    train_seqs: TokenSequences | None
     device: str
     dtype: torch.dtype
     model_name: str  # the TransformerLens name (what SAEBench and the saved cfg.json call the model)
+    hooks: list[str] = dataclasses.field(default_factory=list)  # every hook trained on (one buffer row per hook)
+    cache: object = None  # the ActivationCache of train_seqs at these hooks, or None
+    activation_cache: CacheReport = dataclasses.field(default_factory=lambda: CacheReport("off"))
+    buffers: dict = dataclasses.field(default_factory=dict)  # one buffer per --seed (the order rows are served in)
+
+    def buffer(self, training: TrainSettings) -> ActivationBuffer:
+        """The buffer serving runs with this seed: SAEs with the same seed share each batch."""
+        if training.seed not in self.buffers:
+            self.buffers[training.seed] = ActivationBuffer(
+                self.model, self.train_seqs, self.hooks, seqs_per_fill=training.seqs_per_fill,
+                model_batch_size=training.model_batch_size, seed=training.seed, cache=self.cache)
+        return self.buffers[training.seed]
 
 
-def load(cfg: Config) -> Loaded:
+def load(cfg: Config, hooks: list[str] | None = None) -> Loaded:
     target, training = cfg.target, cfg.training
+    hooks = hooks or [target.hook]
     device = pick_device(cfg.system.device)
     dtype = pick_dtype(cfg.system.dtype, device)
     if device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(training.seed)
     model = load_model(target.model, device=device, dtype=dtype)
-    hook_layer(target.hook, model.cfg.n_layers)
+    for hook in hooks:
+        hook_layer(hook, model.cfg.n_layers)
     ctx = target.context_size
-    # enough sequences that no row is served twice when the corpus allows: the buffer reads whole fills
-    # and keeps up to two of them resident beyond what it has served
-    n_seqs = math.ceil(training.n_tokens / (ctx - 1)) + 2 * training.seqs_per_fill
+    n_seqs = training.sequences_needed(ctx)
     train_seqs = build_sequences(target.dataset, model.tokenizer, "train", ctx, max_tokens=n_seqs * ctx,
-                                 held_out_percent=target.held_out_percent, shuffle_seed=training.seed)
+                                 held_out_percent=target.held_out_percent, shuffle_seed=target.data_seed)
     if len(train_seqs) < n_seqs:
         print(f"[data] note: {target.dataset} train split has {len(train_seqs):,} sequences of {ctx} tokens; "
               f"{n_seqs:,} would serve {training.n_tokens:,} tokens without repeats, so some rows are served again")
-    buffer = ActivationBuffer(model, train_seqs, [target.hook], seqs_per_fill=training.seqs_per_fill,
-                              model_batch_size=training.model_batch_size, seed=training.seed)
     model_name = EMBEDDED_TL_NAME if target.model == EMBEDDED_MODEL else target.model
-    return Loaded(model, train_seqs, buffer, device, dtype, model_name)
+    loaded = Loaded(model, train_seqs, device, dtype, model_name, hooks)
+    if cfg.system.activation_cache:
+        description = describe(model_name, dtype, device, hooks, train_seqs, "train", target.data_seed)
+        loaded.cache, loaded.activation_cache = open_or_build(
+            model, train_seqs, hooks, description, Path(cfg.system.activation_cache_dir),
+            cfg.system.activation_cache_max_gb, training.model_batch_size)
+    return loaded
 
 
 # ---- 3. train ---------------------------------------------------------------------------------
 
-def train(cfg: Config, loaded: Loaded, stage: Path):
-    """Build the variant's SAE, train it, fold the normalization into it, save it into the stage."""
+def build_sae(cfg: Config, loaded: Loaded):
+    """The variant's SAE, initialised from the seed alone (not from what ran before)."""
     from sae_lens.saes.sae import SAEMetadata
 
     target = cfg.target
@@ -161,16 +247,21 @@ def train(cfg: Config, loaded: Loaded, stage: Path):
         dataset_path=target.dataset,
         model_from_pretrained_kwargs={},
     )
-    variant = VARIANTS[target.variant]
-    torch.manual_seed(cfg.training.seed)  # the SAE's init depends on the seed alone, not on what ran before
-    sae = variant.build_sae(cfg.variant, loaded.model.cfg.d_model, target.d_sae, cfg.training.n_steps,
-                            decoder_init_norm=1.0, device=loaded.device, metadata=metadata)
-    result = train_sae(sae, loaded.buffer, cfg.training)
-    sae.eval()
-    fold_into_model_space(sae, result.activation_scale)
-    stage.mkdir(parents=True)
-    sae.save_inference_model(stage / "sae")
-    return sae, result
+    torch.manual_seed(cfg.training.seed)
+    return VARIANTS[target.variant].build_sae(cfg.variant, loaded.model.cfg.d_model, target.d_sae, cfg.training.n_steps,
+                                              decoder_init_norm=1.0, device=loaded.device, metadata=metadata)
+
+
+def train(cfgs: list[Config], loaded: Loaded) -> list[tuple[object, TrainResult, Training]]:
+    """Train every config's SAE together: SAEs with the same seed share each batch of one buffer (one
+    forward pass, or one cache read, for all of them), each SAE at its own hook's row."""
+    trainings = [Training(build_sae(cfg, loaded), loaded.buffer(cfg.training), cfg.training,
+                          hook_index=loaded.hooks.index(cfg.target.hook)) for cfg in cfgs]
+    results = train_saes(trainings)
+    for t, r in zip(trainings, results):
+        t.sae.eval()
+        fold_into_model_space(t.sae, r.activation_scale)
+    return [(t.sae, r, t) for t, r in zip(trainings, results)]
 
 
 # ---- 4. evaluate ------------------------------------------------------------------------------
@@ -203,22 +294,20 @@ def evaluate(cfg: Config, loaded: Loaded, sae, stage: Path) -> tuple[dict[str, d
 
 def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResult, evals: dict[str, dict],
           context: EvalContext, t_start: float) -> int:
+    buffer = loaded.buffer(cfg.training)
     training = dataclasses.asdict(result)
     failures = training_failures(training)
     summary = {"train_loss": training["final"]["loss"], "train_l0": training["final"]["l0"],
                "train_explained_variance_normalized": training["final"]["explained_variance"],
                "alive_frac_train": training["final"]["alive_frac"], "n_steps": training["n_steps"],
                "n_tokens": training["n_tokens"]}
-    for name, r in evals.items():
-        module = EVALS[name]
-        if r.get("status") == "error":
-            failures.append(f"eval {name} failed: {r['error']}")
-            continue
-        failures += getattr(module, "failures", lambda _: [])(r)
-        summary.update(getattr(module, "key_numbers", lambda _: {})(r))
+    eval_failures, numbers = read_evals(evals)
+    failures += eval_failures
+    summary.update(numbers)
     data = {"train_sequences": len(loaded.train_seqs), "train_documents": len(loaded.train_seqs.documents),
-            "trained_on": loaded.buffer.served_description(),
-            **context.held_out_description({d.text for d in loaded.train_seqs.documents}), "source": cfg.target.dataset}
+            "trained_on": buffer.served_description(),
+            **context.held_out_description({d.text for d in loaded.train_seqs.documents}), "source": cfg.target.dataset,
+            "activation_cache": dataclasses.asdict(loaded.activation_cache)}
     if data["eval_texts_in_training_documents"]:
         failures.append(f"{data['eval_texts_in_training_documents']} eval texts are training documents")
     status = "ok" if not failures else "failed"
@@ -248,6 +337,19 @@ def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResu
     return 0
 
 
+def read_evals(evals: dict[str, dict]) -> tuple[list[str], dict]:
+    """(reasons the SAE is not a result, key numbers for the summary) from the evals' summaries."""
+    failures, numbers = [], {}
+    for name, r in evals.items():
+        module = EVALS[name]
+        if r.get("status") == "error":
+            failures.append(f"eval {name} failed: {r['error']}")
+            continue
+        failures += getattr(module, "failures", lambda _: [])(r)
+        numbers.update(getattr(module, "key_numbers", lambda _: {})(r))
+    return failures, numbers
+
+
 def training_failures(training: dict) -> list[str]:
     """Why the training alone makes this run not a result."""
     bad = [] if training["n_steps"] >= 1 else ["0 training steps"]
@@ -261,6 +363,9 @@ def append_notes(path: Path, run_name: str, cfg: Config, summary: dict, failures
     t = cfg.target
     lines = [f"## Run {run_name}: {t.variant}" + ("" if not failures else "  (FAILED)"), ""]
     lines.append(f"Variant settings: {json.dumps(dataclasses.asdict(cfg.variant))}")
+    if cfg.sweep is not None:
+        others = [Path(r).name for r in cfg.sweep["runs"] if r != cfg.system.out_dir]
+        lines.append(f"Sweep point {json.dumps(cfg.sweep['values'])}, trained on the same batches as {', '.join(others)}")
     lines.append(f"Model {t.model}, hook {t.hook}, d_sae {t.d_sae}, dataset {t.dataset}, {summary['n_tokens']:,} tokens "
                  f"in {summary['n_steps']} steps of {cfg.training.batch_size}, lr {cfg.training.lr}, seed {cfg.training.seed}")
     lines.append(f"Training (mean of the last steps): loss {summary['train_loss']:.4g}, L0 {summary['train_l0']:.4g}, "
@@ -277,29 +382,45 @@ def append_notes(path: Path, run_name: str, cfg: Config, summary: dict, failures
 
 # ---- the stages, in order ---------------------------------------------------------------------
 
-def run(cfg: Config) -> int:
+def run(cfgs: list[Config]) -> int:
+    """Train every config's SAE (one, or a sweep's, together), then evaluate and write each in turn.
+    Each run is built in OUT_DIR.partial/ and renamed when written, so a crash leaves no half-written
+    OUT_DIR (runs already written stay)."""
     t_start = time.perf_counter()
-    out = Path(cfg.system.out_dir)
-    if out.exists() and any(out.iterdir()) and not cfg.system.overwrite:
-        raise UsageError(f"{out}/ already holds results; pass --overwrite to replace them, or choose another --out_dir")
-    stage = out.with_name(out.name + ".partial")
-    shutil.rmtree(stage, ignore_errors=True)
+    outs = [Path(cfg.system.out_dir) for cfg in cfgs]
+    for out in outs:
+        if out.exists() and any(out.iterdir()) and not cfgs[0].system.overwrite:
+            raise UsageError(f"{out}/ already holds results; pass --overwrite to replace them, or choose another --out_dir")
+    stages = [out.with_name(out.name + ".partial") for out in outs]
+    codes = []
     try:
-        loaded = load(cfg)
-        sae, result = train(cfg, loaded, stage)
-        evals, context = evaluate(cfg, loaded, sae, stage)
-        return write(cfg, out, stage, loaded, result, evals, context, t_start)
-    finally:  # on success `stage` was renamed to `out`; on any failure nothing half-written stays
-        shutil.rmtree(stage, ignore_errors=True)
+        for stage in stages:
+            shutil.rmtree(stage, ignore_errors=True)
+        hooks = list(dict.fromkeys(cfg.target.hook for cfg in cfgs))
+        loaded = load(cfgs[0], hooks)
+        if len(cfgs) > 1:
+            print(f"[sweep] {len(cfgs)} SAEs trained together on one pass over the data: " +
+                  ", ".join(f"{out.name} {cfg.sweep['values']}" for out, cfg in zip(outs, cfgs)))
+        trained = train(cfgs, loaded)
+        for cfg, out, stage, (sae, result, training) in zip(cfgs, outs, stages, trained):
+            stage.mkdir(parents=True)
+            sae.save_inference_model(stage / "sae")
+            set_rng_state(training.rng)  # the RNG state this SAE's evals would meet had it been trained alone
+            evals, context = evaluate(cfg, loaded, sae, stage)
+            codes.append(write(cfg, out, stage, loaded, result, evals, context, t_start))
+    finally:  # a written run's stage was renamed to its out; on any failure nothing half-written stays
+        for stage in stages:
+            shutil.rmtree(stage, ignore_errors=True)
+    return max(codes)
 
 
 def main(argv: list[str]) -> int:
     try:
-        cfg = parse([a for a in argv if a != "--dry_run"])
+        cfgs = parse_all([a for a in argv if a != "--dry_run"])
         if "--dry_run" in argv:
-            print(json.dumps(cfg.to_json(), indent=2))
+            print(json.dumps([cfg.to_json() for cfg in cfgs] if len(cfgs) > 1 else cfgs[0].to_json(), indent=2))
             return 0
-        return run(cfg)
+        return run(cfgs)
     except (UsageError, ModelError, DataError, BufferError_, VariantSettingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

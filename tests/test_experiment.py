@@ -80,6 +80,9 @@ def test_tiny_default_run_writes_a_sane_final_info_sae_and_notes(tiny_run):
     assert tr["final"]["dead_window_tokens"] == 100 // 4 * 128  # capped at a quarter of the run
     trained = info["data"]["trained_on"]
     assert trained["rows_served"] == 12800 and trained["rows_repeated"] == 0 and trained["passes_started"] == 1
+    cache = info["data"]["activation_cache"]  # the first run on this text writes the activation cache
+    assert cache["status"] == "built" and cache["bytes"] > info["data"]["train_sequences"] * 127 * 640 * 4
+    assert tr["model_tokens"] == 0  # training itself read the cache
     core = info["core"]
     for key in ("eval_type_id", "eval_config", "eval_result_metrics", "eval_result_details", "sae_cfg_dict"):
         assert key in core
@@ -188,6 +191,9 @@ def test_rerun_with_overwrite_recomputes_and_another_sae_gives_other_results(tin
     second = json.loads((cwd / "run_0" / "final_info.json").read_text())
     sp_second = json.loads((cwd / "run_0" / EVAL_FILES["sparse_probing"]).read_text())
     assert second["config"]["training"]["seed"] == 1 and "unlearning" not in second
+    # another SAE seed trains on the same text: it reads the first run's activation cache
+    assert second["data"]["activation_cache"]["status"] == "read"
+    assert second["data"]["activation_cache"]["path"] == first["data"]["activation_cache"]["path"]
     assert sp_second["eval_id"] != sp_first["eval_id"]
     # the model's activations are shared (same model, hook, texts): the LLM probes agree exactly ...
     assert sp_second["eval_result_metrics"]["llm"] == sp_first["eval_result_metrics"]["llm"]
@@ -285,12 +291,56 @@ def test_reevaluate_refuses_what_is_not_a_finished_run_or_would_change_it_with_o
     (tmp_path / "run_0" / "sae").mkdir(parents=True)
     (tmp_path / "run_0" / "sae" / "cfg.json").write_text("{}")
     (tmp_path / "run_0" / "final_info.json").write_text(json.dumps({"config": {"evals": {}}}))
+    (tmp_path / "run_1" / "sae").mkdir(parents=True)  # a complete run's config, holding core already
+    (tmp_path / "run_1" / "sae" / "cfg.json").write_text("{}")
+    cfg = dry_run("--evals=core", cwd=tmp_path)
+    (tmp_path / "run_1" / "final_info.json").write_text(json.dumps({"config": cfg, "core": {}}))
+    (tmp_path / "other_tool_sae").mkdir()
+    (tmp_path / "other_tool_sae" / "cfg.json").write_text(json.dumps({"d_sae": 8}))
     cases = [(["missing_run", "--out_dir=x"], "is not a finished run"),
-             (["run_0"], "--out_dir is required"),
-             (["run_0", "--out_dir=x", "--hook=blocks.3.hook_resid_post"], "cannot be changed here")]
+             (["run_0"], "holds no complete config"),
+             (["run_0", "--out_dir=x", "--hook=blocks.3.hook_resid_post"], "cannot be changed here"),
+             (["run_1", "--evals=core"], "already holds core; pass --replace"),
+             (["other_tool_sae", "--evals=core"], "give --out_dir"),
+             (["other_tool_sae", "--out_dir=x", "--evals=core"], "is not an SAELens SAE config")]
     for args, message in cases:
         proc = subprocess.run([sys.executable, str(ROOT / "reevaluate.py"), *args], cwd=tmp_path, capture_output=True,
                               text=True, timeout=300)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], (args, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_a_swept_sae_and_one_of_several_hooks_equal_the_same_sae_trained_alone(tmp_path):
+    """--sweep trains its SAEs together on the same batches and writes each as its own complete run;
+    each equals the run made alone with that value (weights byte for byte, training curves, core).
+    --hook=a,b trains one SAE per hook from one forward pass, each equal to its hook's run alone."""
+    small = ["--n_tokens=6400", "--batch_size=128", "--seqs_per_fill=32", "--log_every=10"] + tiny_evals("core")
+    proc = run_experiment("--out_dir=run_1", *small, "--sweep", "relu.l1_coefficient=0.5,2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 SAEs trained together" in proc.stdout
+    alone = run_experiment("--out_dir=run_5", *small, "--set", "relu.l1_coefficient=2", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    swept = json.loads((tmp_path / "run_2" / "final_info.json").read_text())
+    single = json.loads((tmp_path / "run_5" / "final_info.json").read_text())
+    assert swept["config"]["variant"]["l1_coefficient"] == 2.0 and swept["config"]["sweep"]["values"] == {
+        "relu.l1_coefficient": 2.0}
+    weights = "sae/sae_weights.safetensors"
+    assert (tmp_path / "run_2" / weights).read_bytes() == (tmp_path / "run_5" / weights).read_bytes()
+    assert (tmp_path / "run_1" / weights).read_bytes() != (tmp_path / "run_2" / weights).read_bytes()
+    assert swept["training"]["curves"]["loss"] == single["training"]["curves"]["loss"]
+    assert swept["core"]["eval_result_metrics"] == single["core"]["eval_result_metrics"]
+    assert swept["data"]["activation_cache"]["status"] == "built" and single["data"]["activation_cache"]["status"] == "read"
+    notes = (tmp_path / "notes.txt").read_text()
+    assert notes.count("## Run 1: relu") == 1 and notes.count("## Run 2: relu") == 1 and "trained on the same batches as run_1" in notes
+
+    hooks = "blocks.3.hook_resid_post,blocks.6.hook_resid_post"
+    none = ["--n_tokens=6400", "--batch_size=128", "--seqs_per_fill=32", "--evals=none"]
+    proc = run_experiment("--out_dir=run_10", *none, f"--hook={hooks}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    alone = run_experiment("--out_dir=run_20", *none, "--hook=blocks.3.hook_resid_post", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    for run, hook in (("run_10", "blocks.3.hook_resid_post"), ("run_11", "blocks.6.hook_resid_post")):
+        assert json.loads((tmp_path / run / "sae" / "cfg.json").read_text())["metadata"]["hook_name"] == hook
+    assert (tmp_path / "run_10" / weights).read_bytes() == (tmp_path / "run_20" / weights).read_bytes()

@@ -6,8 +6,12 @@ It takes experiment.py's flags for what to train, training and the system (same 
 defaults). In one process, on the same model, hook and batch shapes as experiment.py, it measures
 tokens/s of (1) the bare LM forward pass stopped right after the hooked layer, (2) for contrast the
 full forward pass through the unembedding, which the training path never runs, (3) the SAE
-training step alone on activations already in memory, and (4) the whole training stage (buffer
-refills + SAE steps), and prints the ratio of (4) to (1).
+training step alone on activations already in memory, (4) the whole training stage (buffer
+refills + SAE steps) running the model, as with `--activation_cache=false`, (5) a first run's
+training stage with the activation cache on: writing the cache (the model over every training
+sequence) and training from it, (6) a later run's training stage, reading that cache, and (7) four
+SAEs trained together on the cache (what --sweep does); and prints the ratios (4)/(1), (6)/(5) and
+the 4-SAE sweep's time against one first run and against four single runs.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 if __name__ == "__main__":  # offline, before transformers/datasets are imported (they read it at import)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,11 +30,12 @@ if __name__ == "__main__":  # offline, before transformers/datasets are imported
 import torch  # noqa: E402
 
 from trainers import VARIANTS  # noqa: E402
+from trainers.activation_cache import describe, open_or_build  # noqa: E402
 from trainers.buffer import ActivationBuffer  # noqa: E402
 from trainers.config import System, Target, UsageError, set_flag, set_named, split_args  # noqa: E402
 from trainers.data import build_sequences  # noqa: E402
 from trainers.model import hook_layer, load_model, pick_device, pick_dtype  # noqa: E402
-from trainers.trainer import TrainSettings, train_sae  # noqa: E402
+from trainers.trainer import Training, TrainSettings, train_sae, train_saes  # noqa: E402
 
 
 def timed(fn, n_tokens: int) -> float:
@@ -112,6 +119,44 @@ def main(argv: list[str]) -> int:
     print(f"(4) whole training stage               : {whole:10.0f} tokens/s")
     print(f"ratio (4)/(1) = {whole / fwd:.2f}   (1/(1/(1)+1/(3)) = {1 / (1 / fwd + 1 / step) / fwd:.2f} if the two "
           f"simply add up; BOS tokens are computed but not trained on: {(ctx - 1) / ctx:.3f})")
+
+    # (5) and (6): the activation cache, in a fresh folder, over the sequences experiment.py would build
+    run_seqs = dataclasses.replace(seqs, tokens=seqs.tokens[: settings.sequences_needed(ctx)],
+                                   doc_index=seqs.doc_index[: settings.sequences_needed(ctx)])
+    dtype = next(model.parameters()).dtype
+    with tempfile.TemporaryDirectory(prefix="activation-cache-bench-") as folder:
+        def first_run():
+            desc = describe(target.model, dtype, device, [hook], run_seqs, "train", target.data_seed)
+            cache, _ = open_or_build(model, run_seqs, [hook], desc, Path(folder), 1e6, mb)
+            train_sae(new_sae(), ActivationBuffer(model, run_seqs, [hook], seqs_per_fill=settings.seqs_per_fill,
+                                                  model_batch_size=mb, cache=cache), settings)
+
+        def later_run():
+            desc = describe(target.model, dtype, device, [hook], run_seqs, "train", target.data_seed)
+            cache, report = open_or_build(model, run_seqs, [hook], desc, Path(folder), 1e6, mb)
+            assert report.status == "read"
+            train_sae(new_sae(), ActivationBuffer(model, run_seqs, [hook], seqs_per_fill=settings.seqs_per_fill,
+                                                  model_batch_size=mb, cache=cache), settings)
+
+        first = timed(first_run, settings.n_steps * batch_size)
+        print(f"(5) training stage, first run (writes the cache over {len(run_seqs)} sequences, then trains from it): "
+              f"{first:8.0f} tokens/s")
+        later = timed(later_run, settings.n_steps * batch_size)
+        print(f"(6) training stage, reading the cache  : {later:10.0f} tokens/s")
+
+        def sweep_of_4():
+            desc = describe(target.model, dtype, device, [hook], run_seqs, "train", target.data_seed)
+            cache, _ = open_or_build(model, run_seqs, [hook], desc, Path(folder), 1e6, mb)
+            shared = ActivationBuffer(model, run_seqs, [hook], seqs_per_fill=settings.seqs_per_fill,
+                                      model_batch_size=mb, cache=cache)
+            train_saes([Training(new_sae(), shared, settings) for _ in range(4)])
+
+        four = timed(sweep_of_4, settings.n_steps * batch_size)
+        print(f"(7) 4 SAEs trained together (--sweep), reading the cache: {four:8.0f} tokens/s of data "
+              f"({4 * four:.0f} SAE-tokens/s)")
+    print(f"ratio (6)/(5) = {later / first:.2f}   (6)/(4) = {later / whole:.2f}")
+    print(f"time of the 4-SAE sweep / one SAE's first run = {first / four:.2f};  / 4 single runs (one first, three "
+          f"on the cache) = {(1 / four) / (1 / first + 3 / later):.2f}")
     return 0
 
 

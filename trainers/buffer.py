@@ -11,6 +11,8 @@ exactly once, each batch mixes 2 fills' worth of sequences, and every row's sequ
 resident while it is served: its neighbours (same sequence, other positions) can be read.
 Activations are multiplied by a per-hook scale so that E||x|| = sqrt(d_model) (SAELens's
 "expected_average_only_in" convention); the trainer folds that scale into the saved SAE.
+With an activation cache (trainers/activation_cache.py) a refill reads its sequences' activations
+from disk instead of running the model; everything else is the same.
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ class ActivationBuffer:
         seqs_per_fill: int = 256,
         model_batch_size: int = 16,
         seed: int = 0,
+        cache=None,
     ):
         if not hook_names:
             raise BufferError_("at least one hook name is needed")
         self.model = model
+        self.cache = cache  # trainers.activation_cache.ActivationCache of these sequences, or None: run the model
         self.sequences = sequences
         self.hook_names = list(hook_names)
         layers = [hook_layer(h, model.cfg.n_layers) for h in self.hook_names]
@@ -73,7 +77,7 @@ class ActivationBuffer:
         self.queue = torch.empty(0, dtype=torch.long, device=self.device)
         self.leftover = torch.empty(0, dtype=torch.long, device=self.device)
         self.scale: torch.Tensor | None = None  # [n_hooks]
-        self.n_model_tokens = 0  # tokens pushed through the model (BOS included)
+        self.n_model_tokens = 0  # tokens pushed through the model (BOS included); stays 0 when read from a cache
         self.rows_served = torch.zeros(len(sequences), dtype=torch.long)  # per sequence: rows handed to training
         self._topic_masks: dict[str, torch.Tensor] = {}
 
@@ -106,7 +110,10 @@ class ActivationBuffer:
     def _refill(self) -> None:
         half = self.n_fills % 2
         seq_ids = self._take_sequences(self.seqs_per_fill)
-        acts = self._model_acts(self.sequences.tokens[seq_ids])
+        if self.cache is not None:  # the same activations, read from disk instead of computed
+            acts = self.cache.fetch(seq_ids).to(self.device)
+        else:
+            acts = self._model_acts(self.sequences.tokens[seq_ids])
         if self.scale is None:  # fixed once, from the first fill
             mean_norm = acts.float().norm(dim=-1).mean(dim=(0, 1))  # [n_hooks]
             self.scale = (math.sqrt(acts.shape[-1]) / mean_norm).to(self.device)

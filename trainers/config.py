@@ -31,6 +31,9 @@ class Target:
     d_sae: int = 0  # 0: the model's default
     context_size: int = 128
     held_out_percent: int = 30  # documents held out of training; every eval reads only those
+    data_seed: int = 0  # the order training documents are packed in (which text a run of n_tokens reads);
+    # --seed changes the SAE's init and the order rows are served, not the text, so runs of any seed share
+    # one activation cache
 
     def resolve(self, variants: dict) -> object:
         """Check the variant's name, fill the "auto" fields from the model's defaults; return the
@@ -56,9 +59,12 @@ class System:
     overwrite: bool = False
     notes: str = "notes.txt"
     eval_cache_dir: str = ".cache/evals"  # model-only activation/probe caches, keyed by model, hook and texts
+    activation_cache: bool = True  # training reads the model's activations from disk once written (false: run the model)
+    activation_cache_dir: str = ".cache/activations"
+    activation_cache_max_gb: float = 20.0  # the whole folder's cap: least recently used caches are removed
 
 
-BARE_FLAGS = ("overwrite",)  # flags that may be given without a value (= true)
+BARE_FLAGS = ("overwrite", "activation_cache")  # flags that may be given without a value (= true)
 
 
 def split_args(argv: list[str]) -> tuple[list[tuple[str, str]], list[str]]:

@@ -56,6 +56,11 @@ class TrainSettings:
     def n_steps(self) -> int:
         return self.n_tokens // self.batch_size
 
+    def sequences_needed(self, context_size: int) -> int:
+        """Training sequences to build so that no row is served twice when the corpus allows: the
+        buffer reads whole fills and keeps up to two of them resident beyond what it has served."""
+        return math.ceil(self.n_tokens / (context_size - 1)) + 2 * self.seqs_per_fill
+
     @property
     def dead_window_steps(self) -> int:
         return max(1, min(self.dead_window_tokens // self.batch_size, self.n_steps // 4))
@@ -129,43 +134,54 @@ def renormalize_decoder(sae) -> None:
     sae.W_dec.data /= sae.W_dec.data.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
-def train_sae(sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index: int = 0) -> TrainResult:
-    n_steps = settings.n_steps
-    if n_steps < 1:
-        raise TrainingFailed(f"n_tokens={settings.n_tokens} < batch_size={settings.batch_size}: 0 training steps")
-    device = str(buffer.device)
-    torch.manual_seed(settings.seed)
-    sae.to(device)
-    with torch.no_grad():  # b_dec at the data mean: most of the residual's energy is its mean
-        sae.b_dec.data = buffer.mean_activation(hook_index).to(sae.b_dec)
-    renormalize_decoder(sae)
-    constrain_decoder(sae)
-    trainer = SAETrainer(
-        cfg=SAETrainerConfig(
-            total_training_samples=n_steps * settings.batch_size,
-            train_batch_size_samples=settings.batch_size,
-            lr=settings.lr,
-            lr_end=settings.lr,
-            lr_scheduler_name="constant",
-            lr_warm_up_steps=int(settings.lr_warm_up_frac * n_steps),
-            lr_decay_steps=int(settings.lr_decay_frac * n_steps),
-            device=device,
-            dead_feature_window=settings.dead_window_steps,
-            feature_sampling_window=max(1, n_steps),
-        ),
-        sae=sae,
-        data_provider=iter(()),  # unused: we call trainer.step() with our own batches
-    )
-    per_step: dict[str, list[float]] = {}
-    curves: dict[str, list[float]] = {}
-    start = time.perf_counter()
-    bar = tqdm(range(n_steps), desc=f"training SAE ({n_steps} steps)", unit="step")
-    begin_step = getattr(sae, "begin_step", None)  # the variant contract (StepData above)
-    for step in bar:
-        batch = buffer.next_batch(settings.batch_size)
-        if begin_step is not None:
-            begin_step(StepData(batch=batch, step=step, source=buffer, hook_index=hook_index))
-        out = trainer.step(batch.acts[:, hook_index].float())
+class Training:
+    """One SAE's training, advanced one step at a time, so several SAEs can share each batch.
+
+    Each Training keeps its own copy of the global RNG state (restored before its step, saved after),
+    so a variant that draws random numbers (neighbour offsets, negatives) draws the same ones whether
+    its SAE trains alone or beside others: a swept SAE equals the same SAE trained alone."""
+
+    def __init__(self, sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index: int = 0):
+        self.n_steps = settings.n_steps
+        if self.n_steps < 1:
+            raise TrainingFailed(f"n_tokens={settings.n_tokens} < batch_size={settings.batch_size}: 0 training steps")
+        self.sae, self.buffer, self.settings, self.hook_index = sae, buffer, settings, hook_index
+        device = str(buffer.device)
+        torch.manual_seed(settings.seed)
+        sae.to(device)
+        with torch.no_grad():  # b_dec at the data mean: most of the residual's energy is its mean
+            sae.b_dec.data = buffer.mean_activation(hook_index).to(sae.b_dec)
+        renormalize_decoder(sae)
+        constrain_decoder(sae)
+        self.trainer = SAETrainer(
+            cfg=SAETrainerConfig(
+                total_training_samples=self.n_steps * settings.batch_size,
+                train_batch_size_samples=settings.batch_size,
+                lr=settings.lr,
+                lr_end=settings.lr,
+                lr_scheduler_name="constant",
+                lr_warm_up_steps=int(settings.lr_warm_up_frac * self.n_steps),
+                lr_decay_steps=int(settings.lr_decay_frac * self.n_steps),
+                device=device,
+                dead_feature_window=settings.dead_window_steps,
+                feature_sampling_window=max(1, self.n_steps),
+            ),
+            sae=sae,
+            data_provider=iter(()),  # unused: we call trainer.step() with our own batches
+        )
+        self.per_step: dict[str, list[float]] = {}
+        self.curves: dict[str, list[float]] = {}
+        self.begin_step = getattr(sae, "begin_step", None)  # the variant contract (StepData above)
+        self.rng = rng_state()
+        self.start = time.perf_counter()
+        self.last_row: dict[str, float] = {}
+
+    def step(self, step: int, batch: ActivationBatch) -> None:
+        set_rng_state(self.rng)
+        sae, settings, trainer = self.sae, self.settings, self.trainer
+        if self.begin_step is not None:
+            self.begin_step(StepData(batch=batch, step=step, source=self.buffer, hook_index=self.hook_index))
+        out = trainer.step(batch.acts[:, self.hook_index].float())
         trainer.n_training_steps += 1
         renormalize_decoder(sae)
         loss = out.loss.item()
@@ -181,9 +197,10 @@ def train_sae(sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index
                 **getattr(sae, "step_metrics", {}),  # a variant's own per-step numbers
             }
         for k, v in row.items():
-            per_step.setdefault(k, []).append(v)
-        if step % settings.log_every == 0 or step == n_steps - 1:
-            elapsed = time.perf_counter() - start
+            self.per_step.setdefault(k, []).append(v)
+        self.last_row = row
+        if step % settings.log_every == 0 or step == self.n_steps - 1:
+            elapsed = time.perf_counter() - self.start
             logged = {
                 "step": step + 1,
                 "tokens": (step + 1) * settings.batch_size,
@@ -192,29 +209,66 @@ def train_sae(sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index
                 "lr": trainer.optimizer.param_groups[0]["lr"],
                 "tokens_per_s": (step + 1) * settings.batch_size / elapsed,
             }
-            n_logged = len(curves.get("step", []))
-            for k in list(curves) + [k for k in logged if k not in curves]:  # None where a key was absent
-                curves.setdefault(k, [None] * n_logged).append(logged.get(k))
-            bar.set_postfix(loss=f"{loss:.2f}", L0=f"{row['l0']:.0f}", ev=f"{row['explained_variance']:.3f}",
-                            tok_s=f"{logged['tokens_per_s']:.0f}")
-    wall = time.perf_counter() - start
-    tail = max(1, int(settings.final_avg_frac * n_steps))
-    final = {k: float(sum(v[-tail:]) / len(v[-tail:])) for k, v in per_step.items()}
-    final["dead_frac"] = trainer.dead_neurons.float().mean().item()
-    final["alive_frac"] = 1 - final["dead_frac"]
-    final["dead_window_tokens"] = settings.dead_window_steps * settings.batch_size
-    final["averaged_over_last_steps"] = tail
-    return TrainResult(
-        n_steps=n_steps,
-        n_tokens=n_steps * settings.batch_size,
-        wall_time_s=wall,
-        tokens_per_s=n_steps * settings.batch_size / wall,
-        model_tokens=buffer.n_model_tokens,
-        epochs_started=buffer.epochs_started,
-        curves=curves,
-        final=final,
-        activation_scale=float(buffer.scale[hook_index]),
-    )
+            n_logged = len(self.curves.get("step", []))
+            for k in list(self.curves) + [k for k in logged if k not in self.curves]:  # None where a key was absent
+                self.curves.setdefault(k, [None] * n_logged).append(logged.get(k))
+        self.rng = rng_state()
+
+    def result(self) -> TrainResult:
+        settings, n_steps = self.settings, self.n_steps
+        wall = time.perf_counter() - self.start
+        tail = max(1, int(settings.final_avg_frac * n_steps))
+        final = {k: float(sum(v[-tail:]) / len(v[-tail:])) for k, v in self.per_step.items()}
+        final["dead_frac"] = self.trainer.dead_neurons.float().mean().item()
+        final["alive_frac"] = 1 - final["dead_frac"]
+        final["dead_window_tokens"] = settings.dead_window_steps * settings.batch_size
+        final["averaged_over_last_steps"] = tail
+        return TrainResult(
+            n_steps=n_steps,
+            n_tokens=n_steps * settings.batch_size,
+            wall_time_s=wall,
+            tokens_per_s=n_steps * settings.batch_size / wall,
+            model_tokens=self.buffer.n_model_tokens,
+            epochs_started=self.buffer.epochs_started,
+            curves=self.curves,
+            final=final,
+            activation_scale=float(self.buffer.scale[self.hook_index]),
+        )
+
+
+def rng_state() -> tuple:
+    return torch.random.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def set_rng_state(state: tuple) -> None:
+    torch.random.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+def train_sae(sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index: int = 0) -> TrainResult:
+    return train_saes([Training(sae, buffer, settings, hook_index)])[0]
+
+
+def train_saes(trainings: list[Training]) -> list[TrainResult]:
+    """Train several SAEs step by step. Trainings that share a buffer share each batch (one forward
+    pass or cache read for all of them); all must have the same number of steps and batch size."""
+    n_steps, batch_size = trainings[0].n_steps, trainings[0].settings.batch_size
+    if any(t.n_steps != n_steps or t.settings.batch_size != batch_size for t in trainings):
+        raise TrainingFailed("SAEs trained together need the same number of tokens and batch size")
+    buffers = list({id(t.buffer): t.buffer for t in trainings}.values())
+    what = f"training SAE ({n_steps} steps)" if len(trainings) == 1 else f"training {len(trainings)} SAEs ({n_steps} steps)"
+    bar = tqdm(range(n_steps), desc=what, unit="step")
+    start = time.perf_counter()
+    for step in bar:
+        batches = {id(b): b.next_batch(batch_size) for b in buffers}
+        for t in trainings:
+            t.step(step, batches[id(t.buffer)])
+        if step % trainings[0].settings.log_every == 0 or step == n_steps - 1:
+            row = trainings[0].last_row
+            bar.set_postfix(loss=f"{row['loss']:.2f}", L0=f"{row['l0']:.0f}", ev=f"{row['explained_variance']:.3f}",
+                            tok_s=f"{(step + 1) * batch_size / (time.perf_counter() - start):.0f}")
+    return [t.result() for t in trainings]
 
 
 @torch.no_grad()
