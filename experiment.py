@@ -307,7 +307,8 @@ def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResu
     data = {"train_sequences": len(loaded.train_seqs), "train_documents": len(loaded.train_seqs.documents),
             "trained_on": buffer.served_description(),
             **context.held_out_description({d.text for d in loaded.train_seqs.documents}), "source": cfg.target.dataset,
-            "activation_cache": dataclasses.asdict(loaded.activation_cache)}
+            "activation_cache": dataclasses.asdict(loaded.activation_cache),
+            "eval_model_only_caches": context.model_only_used}
     if data["eval_texts_in_training_documents"]:
         failures.append(f"{data['eval_texts_in_training_documents']} eval texts are training documents")
     status = "ok" if not failures else "failed"

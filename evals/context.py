@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class EvalContext:
     _held_out: TokenSequences | None = field(default=None, repr=False)
     _held_out_asked: int = field(default=0, repr=False)  # the most sequences any eval has asked for
     texts_read: set[str] = field(default_factory=set, repr=False)  # every labelled text handed to an eval
+    model_only_used: dict[str, list] = field(default_factory=dict, repr=False)  # see model_only
 
     def labelled(self, build, *args, **kwargs):
         """A labelled set from trainers.labelled_data (`build` is one of its set builders), drawn only from
@@ -67,6 +69,23 @@ class EvalContext:
         under any other key is never read."""
         key = [self.model_name, self.llm_dtype, self.device.split(":")[0], *depends_on]
         return self.cache_dir / f"{kind}-{hashlib.sha1(json.dumps(key, default=str).encode()).hexdigest()[:16]}"
+
+    def model_only(self, kind: str, compute, *depends_on):
+        """The result of `compute()`, model-only work (it must not depend on the SAE), read from the cache
+        named by (kind, depends_on) when a complete one exists; else computed and saved (to a temporary
+        name, then renamed: a run killed while saving leaves no file that could be read). Each use is
+        recorded in `model_only_used` as {kind: ["read" | "built", ...]}."""
+        path = self.cache_path(kind, *depends_on).with_suffix(".pt")
+        if path.exists():
+            self.model_only_used.setdefault(kind, []).append("read")
+            return torch.load(path)
+        out = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        torch.save(out, tmp)
+        os.replace(tmp, path)
+        self.model_only_used.setdefault(kind, []).append("built")
+        return out
 
     def held_out_description(self, training_texts: set[str]) -> dict:
         """What the evals read (for final_info.json's data section), and how many of those texts are

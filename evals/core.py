@@ -13,6 +13,19 @@ itself would stream the hub dataset from its start, the same text training read)
   `mse_per_element` (mean over tokens and dimensions) and `mse_per_token_sum`, in model units.
 - `multiple_evals` swallows exceptions and writes nothing; we call the narrow functions, and
   raise if no result file exists afterwards.
+- Model-only work done once (`measure_cached`): `run_evals` runs, per reconstruction batch, the clean
+  model, the model with the SAE spliced in and the model with the hook zero-ablated, all through the
+  262k-word unembedding, and per sparsity/variance batch the model up to the hook; of those, only the
+  spliced pass depends on the SAE. We draw the same token batches from the same ActivationsStore and
+  keep, per (model, dtype, device kind, hook, token batches), the clean and zero-ablated per-token CE,
+  the zero-ablated per-token KL, the residual entering the hook's layer, what KL(clean || with SAE)
+  needs of the clean distribution (W_U p, b_U . p and sum p log p per token: the whole distribution
+  is 262k floats a token, too big to keep; see model_only_pass) and the hook's activations
+  (ctx.model_only). Per SAE: one pass from the hook's layer with the SAE spliced in, and SAEBench's
+  own `get_sparsity_and_variance_metrics` and `get_featurewise_weight_based_metrics` fed the cached
+  activations: one partial forward instead of three full ones. The metrics are assembled exactly as
+  `run_evals` does; tests/test_core_cached.py proves every number equals `run_evals`'s to 1e-4.
+  Hooks with a head dimension (hook_q/k/v/z) take `run_evals` itself.
 
 The summary in final_info.json is SAEBench's whole result (as in core_eval_results.json).
 """
@@ -43,17 +56,185 @@ class EvalFailed(RuntimeError):
     pass
 
 
+HEAD_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z")  # activations with a head dimension: run_evals itself
+
+
 @torch.no_grad()
-def _reconstruction_over(sae, model, token_batches, hook_name, hook_layer, ignore_tokens):
+def hook_activations(model, token_batches, hook_name: str, hook_layer: int) -> list[torch.Tensor]:
+    """The hook's activations per batch, as SAEBench's sparsity/variance pass takes them."""
+    return [model.run_with_cache(tokens, prepend_bos=False, names_filter=[hook_name],
+                                 stop_at_layer=hook_layer + 1)[1][hook_name] for tokens in token_batches]
+
+
+@torch.no_grad()
+def _reconstruction_over(sae, acts, token_batches, ignore_tokens):
     xs, x_hats = [], []
-    for tokens in token_batches:
-        _, cache = model.run_with_cache(tokens, prepend_bos=False, names_filter=[hook_name], stop_at_layer=hook_layer + 1)
-        x = cache[hook_name].reshape(-1, cache[hook_name].shape[-1])
+    for a, tokens in zip(acts, token_batches):
+        x = a.reshape(-1, a.shape[-1])
         keep = ~torch.isin(tokens.reshape(-1), torch.tensor(sorted(ignore_tokens), device=tokens.device))
         x = x[keep].to(sae.device, sae.dtype)
         xs.append(x.float().cpu())
         x_hats.append(sae.decode(sae.encode(x)).float().cpu())
     return torch.cat(xs), torch.cat(x_hats)
+
+
+def token_batches(store, n_reconstruction: int, n_sparsity_variance: int, batch_size: int):
+    """The token batches run_evals draws from `store`: the reconstruction batches, then (after its reset of
+    the store) the sparsity/variance batches."""
+    recon = [store.get_batch_tokens(batch_size) for _ in range(n_reconstruction)]
+    store.reset_input_dataset()
+    return recon, [store.get_batch_tokens(batch_size) for _ in range(n_sparsity_variance)]
+
+
+def _kl(original_logits: torch.Tensor, new_logits: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(original || new), SAEBench core's formula operation for operation."""
+    original_probs = torch.nn.functional.softmax(original_logits, dim=-1)
+    log_original_probs = torch.log(original_probs)
+    log_new_probs = torch.log(torch.nn.functional.softmax(new_logits, dim=-1))
+    return (original_probs * (log_original_probs - log_new_probs)).sum(dim=-1)
+
+
+def _zero_ablate(acts, hook):
+    return torch.zeros_like(acts)
+
+
+def _unembed_input(model):
+    """A forward pre-hook on model.unembed that keeps what it is handed (the final residual after
+    ln_final); returns (list it fills, handle)."""
+    seen: list[torch.Tensor] = []
+    return seen, model.unembed.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+
+
+@torch.no_grad()
+def model_only_pass(model, hook_name: str, hook_layer: int, recon, sparsity_variance) -> dict:
+    """Everything core needs that does not depend on the SAE (see the module doc), per batch.
+
+    KL(clean || with SAE) needs the whole clean distribution p at every token. Where the logits are
+    linear in the final residual h (no final-logit softcap: Gemma 3, Pythia), sum_v p_v log q_v =
+    h_q . (W_U p) + b_U . p - logsumexp(logits_q) x sum_v p_v, so p is kept as W_U p (d_model floats a
+    token), b_U . p, sum_v p_v, sum_v p_v log p_v and whether p underflows to 0 anywhere; with a softcap (Gemma 2), the clean final residual is kept and the
+    clean logits computed again per SAE."""
+    from tqdm.auto import tqdm
+
+    entry, final = f"blocks.{hook_layer}.hook_resid_pre", f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    linear = model.cfg.output_logits_soft_cap <= 0
+    out: dict[str, list] = {k: [] for k in ("clean_ce", "zero_ce", "zero_kl", "entry", "final", "wu_p", "b_p", "p_log_p",
+                                         "p_sum", "p_zero")}
+    for tokens in tqdm(recon, desc="core: clean and zero-ablated passes (model only, cached)"):
+        (logits, ce), cache = model.run_with_cache(tokens, return_type="both", loss_per_token=True,
+                                                   names_filter=[entry, final])
+        zero_logits, zero_ce = model.run_with_hooks(cache[entry], start_at_layer=hook_layer, tokens=tokens,
+                                                    return_type="both", loss_per_token=True,
+                                                    fwd_hooks=[(hook_name, _zero_ablate)])
+        kept = {"clean_ce": ce, "zero_ce": zero_ce, "zero_kl": _kl(logits, zero_logits), "entry": cache[entry]}
+        if linear:
+            p = torch.nn.functional.softmax(logits, dim=-1)
+            # SAEBench's p is a float32 softmax over 262k words: it sums to 1 only to ~1e-4, and its KL
+            # carries that (sum_v p_v log q_v = h_q . W_U p + b_U . p - lse_q x sum_v p_v): p's own sum is
+            # kept, and W_U p and b_U . p are summed in float64 so that they add no error of their own.
+            kept.update(wu_p=torch.cat([c.double() @ model.unembed.W_U.T.double() for c in p.split(1)]),
+                        b_p=p.double() @ model.unembed.b_U.double(), p_sum=p.double().sum(-1),
+                        p_log_p=(p * torch.log(p)).sum(-1), p_zero=(p == 0).any(-1))
+            del p
+        else:
+            kept["final"] = cache[final]
+        for k, v in kept.items():
+            out[k].append(v.cpu())
+        del logits, zero_logits, cache
+    out["hook_acts"] = [a.cpu() for a in hook_activations(model, sparsity_variance, hook_name, hook_layer)]
+    return out
+
+
+class _Served:
+    """Stands in for the model and the activation store in SAEBench's get_sparsity_and_variance_metrics,
+    which reads only the store's get_batch_tokens and the model's run_with_cache: serves the cached
+    token batches and their cached hook activations, in order."""
+
+    def __init__(self, batches, acts, hook_name):
+        self.batches, self.acts, self.hook_name, self.i = batches, acts, hook_name, -1
+
+    def get_batch_tokens(self, n):
+        self.i += 1
+        assert len(self.batches[self.i]) == n
+        return self.batches[self.i]
+
+    def run_with_cache(self, tokens, **kwargs):
+        assert tokens is self.batches[self.i]
+        return None, {self.hook_name: self.acts[self.i]}
+
+
+@torch.no_grad()
+def measure_cached(sae, model, recon, sparsity_variance, config, ignore_tokens: set, cached: dict):
+    """run_evals's (scalar metrics, feature metrics) for `config` with every flag on and special tokens
+    excluded from the reconstruction, from `cached` (model_only_pass on the same batches) plus the
+    SAE-dependent work (module doc)."""
+    from sae_bench.evals.core.main import get_featurewise_weight_based_metrics, get_sparsity_and_variance_metrics
+    from tqdm.auto import tqdm
+
+    hook_name, layer = sae.cfg.hook_name, sae.cfg.hook_layer
+    ignore = torch.tensor(sorted(ignore_tokens))
+    per: dict[str, list] = {k: [] for k in ("kl_div_with_sae", "kl_div_with_ablation", "ce_loss_with_sae",
+                                            "ce_loss_without_sae", "ce_loss_with_ablation")}
+    for i, tokens in enumerate(tqdm(recon, desc="core: the SAE spliced in, from the hook's layer")):
+        mask = ~torch.isin(tokens, ignore.to(tokens.device))
+
+        def splice(acts, hook):  # SAEBench's standard_replacement_hook
+            x_hat = sae.decode(sae.encode(acts.to(sae.device))).to(acts.dtype).to(acts.device)
+            return torch.where(mask[..., None], x_hat, acts)
+
+        seen, handle = _unembed_input(model)
+        try:
+            logits, ce = model.run_with_hooks(cached["entry"][i].to(tokens.device), start_at_layer=layer, tokens=tokens,
+                                              return_type="both", loss_per_token=True,
+                                              fwd_hooks=[(hook_name, splice)])
+        finally:
+            handle.remove()
+        if cached["wu_p"]:  # sum_v p_v log q_v from the kept W_U p (model_only_pass)
+            h = seen[-1]
+            wu_p = cached["wu_p"][i].to(h.device)
+            p_log_q = ((h.to(wu_p) * wu_p).sum(-1) + cached["b_p"][i].to(wu_p)
+                       - torch.logsumexp(logits, dim=-1).to(wu_p) * cached["p_sum"][i].to(wu_p))
+            kl = (cached["p_log_p"][i].to(wu_p) - p_log_q).float()
+            # where SAEBench's float32 softmax underflows to 0, its formula gives NaN (in p: 0 x -inf) or
+            # inf (in q only): so does this
+            q_zero = (torch.nn.functional.softmax(logits, dim=-1) == 0).any(-1)
+            kl = torch.where(cached["p_zero"][i].to(kl.device), torch.nan, torch.where(q_zero, torch.inf, kl)).cpu()
+        else:
+            clean_logits = model(cached["final"][i].to(tokens.device), start_at_layer=model.cfg.n_layers)
+            kl = _kl(clean_logits, logits).cpu()
+            del clean_logits
+        del logits, seen
+        m, m_ce = mask.cpu(), mask.cpu()[:, :-1]
+        per["kl_div_with_sae"].append(kl[m])
+        per["kl_div_with_ablation"].append(cached["zero_kl"][i][m])
+        per["ce_loss_with_sae"].append(ce.cpu()[m_ce])
+        per["ce_loss_without_sae"].append(cached["clean_ce"][i][m_ce])
+        per["ce_loss_with_ablation"].append(cached["zero_ce"][i][m_ce])
+    r = {k: torch.cat(v).mean().item() for k, v in per.items()}
+    served = _Served(sparsity_variance, [a.to(sae.device) for a in cached["hook_acts"]], hook_name)
+    sv, feature_metrics = get_sparsity_and_variance_metrics(
+        sae, served, served, n_batches=len(sparsity_variance), compute_l2_norms=True, compute_sparsity_metrics=True,
+        compute_variance_metrics=True, compute_featurewise_density_statistics=True,
+        eval_batch_size_prompts=len(sparsity_variance[0]), model_kwargs={}, ignore_tokens=ignore_tokens, verbose=True)
+    feature_metrics |= get_featurewise_weight_based_metrics(sae)
+    ctx_len = recon[0].shape[1]
+    metrics = {  # run_evals's assembly, key for key
+        "model_behavior_preservation": {
+            "kl_div_score": (r["kl_div_with_ablation"] - r["kl_div_with_sae"]) / r["kl_div_with_ablation"],
+            "kl_div_with_ablation": r["kl_div_with_ablation"], "kl_div_with_sae": r["kl_div_with_sae"]},
+        "model_performance_preservation": {
+            "ce_loss_score": (r["ce_loss_with_ablation"] - r["ce_loss_with_sae"])
+            / (r["ce_loss_with_ablation"] - r["ce_loss_without_sae"]),
+            **{k: r[k] for k in ("ce_loss_with_ablation", "ce_loss_with_sae", "ce_loss_without_sae")}},
+        "reconstruction_quality": {k: sv[k] for k in ("explained_variance", "explained_variance_legacy", "mse", "cossim")},
+        "shrinkage": {k: sv[k] for k in ("l2_norm_in", "l2_norm_out", "l2_ratio", "relative_reconstruction_bias")},
+        "sparsity": {k: sv[k] for k in ("l0", "l1")},
+        "token_stats": {
+            "total_tokens_eval_reconstruction": ctx_len * config.n_eval_reconstruction_batches * config.batch_size_prompts,
+            "total_tokens_eval_sparsity_variance":
+                ctx_len * config.n_eval_sparsity_variance_batches * config.batch_size_prompts},
+    }
+    return metrics, feature_metrics
 
 
 def run(ctx: EvalContext, settings: Settings) -> dict:
@@ -83,17 +264,11 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     # the documents the split holds out of training.
     held_out = ctx.held_out(batch_size_prompts * (n_reconstruction_batches + n_sparsity_variance_batches))
     dataset = Dataset.from_dict({"tokens": held_out.tolist()})  # pretokenized, BOS first
-    store = ActivationsStore.from_sae(model, sae, dataset=dataset, context_size=context_size, device=device)
-    store.shuffle_input_dataset(seed=42)
-    recorded: list[torch.Tensor] = []
-    original_get_batch_tokens = store.get_batch_tokens
 
-    def recording_get_batch_tokens(*args, **kwargs):
-        tokens = original_get_batch_tokens(*args, **kwargs)
-        recorded.append(tokens)
-        return tokens
-
-    store.get_batch_tokens = recording_get_batch_tokens
+    def store():
+        s = ActivationsStore.from_sae(model, sae, dataset=dataset, context_size=context_size, device=device)
+        s.shuffle_input_dataset(seed=42)
+        return s
 
     config = CoreEvalConfig(
         model_name=ctx.model_name,
@@ -114,13 +289,20 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     )
     tok = model.tokenizer
     ignore_tokens = {t for t in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) if t is not None}
-    scalar_metrics, feature_metrics = run_evals(
-        sae=sae, activation_store=store, model=model, eval_config=config, ignore_tokens=ignore_tokens, verbose=True
-    )
+    hook_name, hook_layer = sae.cfg.hook_name, sae.cfg.hook_layer
+    recon, sv_batches = token_batches(store(), n_reconstruction_batches, n_sparsity_variance_batches, batch_size_prompts)
+    if any(h in hook_name for h in HEAD_HOOKS) or getattr(sae.cfg, "hook_head_index", None) is not None:
+        scalar_metrics, feature_metrics = run_evals(sae=sae, activation_store=store(), model=model, eval_config=config,
+                                                    ignore_tokens=ignore_tokens, verbose=True)
+        sv_acts = hook_activations(model, sv_batches, hook_name, hook_layer)
+    else:
+        cached = ctx.model_only("core", lambda: model_only_pass(model, hook_name, hook_layer, recon, sv_batches),
+                                hook_name, [b.tolist() for b in recon], [b.tolist() for b in sv_batches])
+        scalar_metrics, feature_metrics = measure_cached(sae, model, recon, sv_batches, config, ignore_tokens, cached)
+        sv_acts = cached["hook_acts"]
     scalar_metrics["misc_metrics"] = calculate_misc_metrics(feature_metrics)
 
-    sv_batches = recorded[-n_sparsity_variance_batches:]
-    x, x_hat = _reconstruction_over(sae, model, sv_batches, sae.cfg.hook_name, sae.cfg.hook_layer, ignore_tokens)
+    x, x_hat = _reconstruction_over(sae, sv_acts, sv_batches, ignore_tokens)
     recon = scalar_metrics["reconstruction_quality"]
     ours = {
         "explained_variance": explained_variance(x, x_hat),

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -253,18 +252,12 @@ def labelled_sets(ctx: EvalContext, docs_per_class: int) -> dict[str, dict]:
 
 
 def model_activations(model, hook: str, sets: dict, domains: dict[str, list[str]], sequences: torch.Tensor,
-                      context_length: int, batch_size: int, cache_file: Path) -> dict:
-    if cache_file.exists():
-        return torch.load(cache_file)
+                      context_length: int, batch_size: int) -> dict:
     out = {"sets": {}, "domains": {}}
     jobs = [("sets", n, s["texts"]) for n, s in sets.items()] + [("domains", n, t) for n, t in domains.items()]
     for kind, name, texts in tqdm(jobs, desc="diagnostics: model activations", unit="set"):
         out[kind][name] = text_activations(model, hook, texts, context_length, batch_size)
     out["sequences"] = token_activations(model, hook, sequences, batch_size)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
-    torch.save(out, tmp)
-    tmp.rename(cache_file)
     return out
 
 
@@ -283,10 +276,9 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     held_out_tokens = ctx.held_out(settings.sequences)
     sets = labelled_sets(ctx, settings.docs_per_class)
     domains = {d: ctx.domain_texts(d)[:settings.domain_texts] for d in ("forget", "retain")}
-    cache = ctx.cache_path("diagnostics", hook, context_length, {n: s["texts"] for n, s in sets.items()}, domains,
-                           held_out_tokens.tolist())
-    acts = model_activations(ctx.model, hook, sets, domains, held_out_tokens, context_length, ctx.model_batch_size,
-                             cache.with_suffix(".pt"))
+    acts = ctx.model_only("diagnostics", lambda: model_activations(ctx.model, hook, sets, domains, held_out_tokens,
+                                                                    context_length, ctx.model_batch_size),
+                          hook, context_length, {n: s["texts"] for n, s in sets.items()}, domains, held_out_tokens.tolist())
 
     per_set, per_factor, factorvae = {}, {}, {}
     for name, s in tqdm(sets.items(), desc="diagnostics: labelled sets", unit="set"):

@@ -164,16 +164,19 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
             result["mcq"], forget_sparsity, retain_sparsity = full_scale_mcq(model, sae, artifacts_dir, ctx.model_name,
                                                                               ctx.llm_dtype, s.batch_size)
             interventions = select_interventions(forget_sparsity, retain_sparsity, multipliers)
+        # the clean passes depend only on the model, the hook and the tokens: cached across SAEs and runs
+        model_only = lambda tokens, compute: ctx.model_only(  # noqa: E731
+            "unlearning-clean", compute, sae.cfg.hook_name, tokens.tolist())
         select = loss_sweep(model, sae, interventions, corpus("forget", "select", s.select_forget_rows),
                             corpus("retain", "select", s.select_retain_rows), s.batch_size,
-                            desc="unlearning sweep (select half)")
+                            desc="unlearning sweep (select half)", model_only=model_only)
         loss_unlearning_score(*select, s.loss_tolerance)  # the relative increases of every select row
         chosen = interpolated_choice(select[1], s.loss_tolerance)["chosen"]
         bracket = [iv for iv in interventions if (iv["retain_threshold"], iv["n_features"]) ==
                    (chosen["retain_threshold"], chosen["n_features"]) and iv["multiplier"] in chosen["bracket"]]
         scored = loss_sweep(model, sae, bracket, corpus("forget", "score", s.score_forget_rows),
                             corpus("retain", "score", s.score_retain_rows), s.batch_size,
-                            desc="unlearning: the chosen family's bracket (score half)")
+                            desc="unlearning: the chosen family's bracket (score half)", model_only=model_only)
         result["loss"] = held_out_loss_score(select, scored, s.loss_tolerance)
         result["loss"]["data"] = {"split_seed": s.split_seed,
                                   "tokens": {"select": {"forget": s.select_forget_rows * SEQ_LEN,

@@ -96,23 +96,35 @@ class Clean:
 
 
 @torch.no_grad()
-def clean_pass(model, sae, tokens: torch.Tensor, batch_size: int) -> Clean:
-    """Per-token clean losses, the residual entering the SAE's layer, and where each SAE feature first
-    fires in each row (after BOS: SAEBench's clamp zeroes position 0), from one forward per batch."""
-    layer, hook = sae.cfg.hook_layer, sae.cfg.hook_name
+def clean_model_pass(model, hook_name: str, layer: int, tokens: torch.Tensor, batch_size: int) -> dict:
+    """clean_pass's model-only work, the same for every SAE on this hook (cached by the caller): per-token
+    clean losses, the residual entering the hook's layer, and the hook's activations after BOS."""
     entry = f"blocks.{layer}.hook_resid_pre"
-    special = _special_ids(model.tokenizer)
+    out: dict[str, list] = {"losses": [], "resid": [], "hook_acts": []}
+    for chunk in tokens.split(batch_size):
+        loss, cache = model.run_with_cache(chunk.to(model.cfg.device), names_filter=[entry, hook_name],
+                                           return_type="loss", loss_per_token=True)
+        out["losses"].append(loss.double().cpu())
+        out["resid"].append(cache[entry].cpu())
+        out["hook_acts"].append(cache[hook_name][:, 1:].cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def clean_pass(model, sae, tokens: torch.Tensor, batch_size: int, model_only=None) -> Clean:
+    """Per-token clean losses, the residual entering the SAE's layer, and where each SAE feature first
+    fires in each row (after BOS: SAEBench's clamp zeroes position 0). `model_only(tokens, compute)`, if
+    given, returns clean_model_pass's result from a cache (or computes it with `compute()`)."""
+    compute = lambda: clean_model_pass(model, sae.cfg.hook_name, sae.cfg.hook_layer, tokens, batch_size)  # noqa: E731
+    m = model_only(tokens, compute) if model_only else compute()
     ctx = tokens.shape[1]
     positions = torch.arange(1, ctx, dtype=torch.int32)
-    losses, resid, first = [], [], []
-    for chunk in tokens.split(batch_size):
-        loss, cache = model.run_with_cache(chunk.to(model.cfg.device), names_filter=[entry, hook],
-                                           return_type="loss", loss_per_token=True)
-        losses.append(loss.double().cpu())
-        resid.append(cache[entry].cpu())
-        fires = (sae.encode(cache[hook][:, 1:].to(sae.W_dec.device, sae.W_dec.dtype)) > 0).cpu()  # [B, ctx-1, d_sae]
+    first = []
+    for acts in m["hook_acts"].split(batch_size):
+        fires = (sae.encode(acts.to(sae.W_dec.device, sae.W_dec.dtype)) > 0).cpu()  # [B, ctx-1, d_sae]
         first.append(torch.where(fires, positions[None, :, None], ctx).amin(1).int())
-    return Clean(tokens, torch.cat(losses), ~torch.isin(tokens[:, 1:], special), torch.cat(resid), torch.cat(first))
+    return Clean(tokens, m["losses"], ~torch.isin(tokens[:, 1:], _special_ids(model.tokenizer)), m["resid"],
+                 torch.cat(first))
 
 
 @torch.no_grad()
@@ -146,7 +158,8 @@ def _rerun_losses(model, clean: Clean, rows: torch.Tensor, start: torch.Tensor, 
 
 
 def loss_sweep(model, sae, interventions: list[dict], forget_tokens: torch.Tensor, retain_tokens: torch.Tensor,
-               batch_size: int, desc: str = "unlearning sweep (loss)", skip_unaffected: bool = True) -> tuple[dict, list[dict]]:
+               batch_size: int, desc: str = "unlearning sweep (loss)", skip_unaffected: bool = True,
+               model_only=None) -> tuple[dict, list[dict]]:
     """(baseline losses, one row per intervention with its forget and retain loss). Each intervention
     is a dict with its selected `features` and `multiplier` (see evals.unlearning).
 
@@ -156,10 +169,10 @@ def loss_sweep(model, sae, interventions: list[dict], forget_tokens: torch.Tenso
     none fires keeps all of them. Only those positions are recomputed, starting from the residual that
     enters the SAE's layer: the same numbers (tests/test_unlearning_loss_exact.py) for a fraction of the
     work, which is what lets the score use enough tokens. `skip_unaffected=False` runs every row through
-    the model's own forward under the clamp instead (the reference)."""
+    the model's own forward under the clamp instead (the reference). `model_only`: see clean_pass."""
     model.reset_hooks()
     corpora = {"forget": forget_tokens, "retain": retain_tokens}
-    clean = {name: clean_pass(model, sae, t, batch_size) for name, t in corpora.items()}
+    clean = {name: clean_pass(model, sae, t, batch_size, model_only) for name, t in corpora.items()}
     baseline = {f"{name}_loss": c.totals() for name, c in clean.items()}
     w_u = model.unembed.W_U.T.contiguous() if skip_unaffected else None
     rows = []

@@ -4,6 +4,7 @@ records; CLI errors. The end-to-end runs are marked slow (the fast subset leaves
 import dataclasses
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from evals import EVALS
+from evals.core import key_numbers as core_key_numbers
 from trainers import VARIANTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,6 +155,50 @@ BASE_CURVES = {"step", "tokens", "loss", "l0", "l1_norm", "explained_variance", 
                "lr", "tokens_per_s"}
 
 
+def reevaluate(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "reevaluate.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=1800)
+
+
+CORE_NUMBERS = ("l0", "explained_variance", "ce_loss_score", "ce_loss_with_sae", "kl_div_score", "cossim")
+
+
+@pytest.mark.slow
+def test_evals_added_to_a_finished_run_keep_the_others_and_a_foreign_sae_folder_is_evaluated(tiny_run):
+    cwd, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shutil.copytree(cwd / "run_0", cwd / "run_added")
+    before = json.loads((cwd / "run_added" / "final_info.json").read_text())
+    notes_before = (cwd / "notes.txt").read_text()
+    # core again, in place, with the run's own settings: no training, the same numbers, every other result kept
+    added = reevaluate("run_added", "--evals=core", "--replace", cwd=cwd)
+    assert added.returncode == 0, added.stderr[-3000:]
+    after = json.loads((cwd / "run_added" / "final_info.json").read_text(), parse_constant=no_nan)
+    assert not (cwd / "run_added.adding").exists()
+    for name in set(EVALS) - {"core"}:
+        assert after[name] == before[name], name
+    assert after["training"] == before["training"] and after["status"] == "ok"
+    assert after["summary"] == before["summary"]
+    assert after["added_evals"][0]["evals"] == ["core"] and after["added_evals"][0]["replaced"] == ["core"]
+    notes = (cwd / "notes.txt").read_text()
+    assert notes.startswith(notes_before) and "## Run added: evals added (core)" in notes[len(notes_before):]
+    # and with another setting
+    added = reevaluate("run_added", "--evals=core", "--set", "core.sparsity_variance_batches=3", "--replace", cwd=cwd)
+    assert added.returncode == 0, added.stderr[-3000:]
+    again = json.loads((cwd / "run_added" / "final_info.json").read_text(), parse_constant=no_nan)
+    assert again["config"]["evals"]["core"]["sparsity_variance_batches"] == 3 and len(again["added_evals"]) == 2
+    assert again["summary"]["eval_sparsity_tokens"] > before["summary"]["eval_sparsity_tokens"]
+    assert again["unlearning"] == before["unlearning"]
+    # the same SAE saved in SAELens's format, as another tool would leave it: the same core numbers
+    shutil.copytree(cwd / "run_0" / "sae", cwd / "other_tool_sae")
+    foreign = reevaluate("other_tool_sae", "--out_dir=foreign", *tiny_evals("core"), cwd=cwd)
+    assert foreign.returncode == 0, foreign.stderr[-3000:]
+    result = json.loads((cwd / "foreign" / "reevaluation.json").read_text())
+    numbers = core_key_numbers(result["core"])
+    for k in CORE_NUMBERS:
+        assert numbers[k] == pytest.approx(before["summary"][k], rel=1e-6), k
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "relu"])  # relu: the default run above
 def test_each_variant_runs_end_to_end_with_its_term_and_own_numbers_logged(tmp_path_factory, variant):
@@ -185,6 +231,7 @@ def test_rerun_with_overwrite_recomputes_and_another_sae_gives_other_results(tin
     cwd, _ = tiny_run
     first = json.loads((cwd / "run_0" / "final_info.json").read_text())
     sp_first = json.loads((cwd / "run_0" / EVAL_FILES["sparse_probing"]).read_text())
+    sections = (cwd / "notes.txt").read_text().count("## Run")
     args = TINY_TRAINING + tiny_evals("sparse_probing") + ["--seed=1"]
     proc = run_experiment("--out_dir=run_0", *args, "--eval_cache_dir=cache", "--overwrite", cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -200,7 +247,7 @@ def test_rerun_with_overwrite_recomputes_and_another_sae_gives_other_results(tin
     # ... while everything that depends on the (different) SAE is recomputed
     assert second["summary"]["train_l0"] != first["summary"]["train_l0"]
     assert sp_second["eval_result_metrics"]["sae"] != sp_first["eval_result_metrics"]["sae"]
-    assert (cwd / "notes.txt").read_text().count("## Run") == 2
+    assert (cwd / "notes.txt").read_text().count("## Run") == sections + 1
 
 
 @pytest.mark.slow
@@ -211,7 +258,7 @@ def test_existing_results_are_not_overwritten_without_the_flag(tiny_run):
     assert proc.returncode == 2
     assert "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
     assert (cwd / "run_0" / "final_info.json").read_text() == before
-    assert (cwd / "notes.txt").read_text().count("## Run") == 2
+    assert (cwd / "notes.txt").read_text().count("## Run") == sections + 1
 
 
 BAD_INPUTS = [  # (arguments, what the one line must say)

@@ -326,3 +326,31 @@ def test_variant_trains_with_the_shared_trainer_logs_its_term_and_saves_a_standa
     sae.save_inference_model(tmp_path / "sae")
     loaded = SAE.load_from_disk(tmp_path / "sae")
     torch.testing.assert_close(loaded.W_dec, sae.W_dec)
+
+
+def test_topk_sparse_decoder_gives_the_dense_products_outputs_and_gradients():
+    from trainers import topk
+
+    torch.manual_seed(0)
+    x = torch.randn(12, 16) * 3
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::3] = True  # AuxK active: it decodes other activations, densely, through the same W_dec
+    results = {}
+    for mode in ("off", "on"):
+        torch.manual_seed(1)
+        sae = topk.build_sae(topk.Config(k=5, sparse_decoder=mode), 16, 64, 10, device="cpu")
+        with torch.no_grad():
+            sae.b_dec.normal_()
+        out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead,
+                                                       n_training_steps=0, is_logging_step=False))
+        out.loss.backward()
+        results[mode] = (type(sae).__name__, out.sae_out.detach(), out.feature_acts.detach(),
+                         {n: p.grad.clone() for n, p in sae.named_parameters()})
+    assert results["off"][0] == "TopKTrainingSAE" and results["on"][0] == "SparseDecoderTopKSAE"
+    assert (results["on"][2] > 0).sum(-1).le(5).all() and (results["on"][2] > 0).sum() > 30
+    assert torch.allclose(results["on"][1], results["off"][1], atol=1e-5)
+    assert torch.equal(results["on"][2], results["off"][2])
+    for name, grad in results["off"][3].items():
+        assert grad.abs().sum() > 0, name  # every parameter learns, W_dec's rows beyond the k active included (AuxK)
+        assert torch.allclose(results["on"][3][name], grad, atol=1e-5), name
+    assert topk.uses_sparse_decoder(topk.Config(), "cpu") and not topk.uses_sparse_decoder(topk.Config(), "cuda:0")
