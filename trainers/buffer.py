@@ -115,7 +115,9 @@ class ActivationBuffer:
         else:
             acts = self._model_acts(self.sequences.tokens[seq_ids])
         if self.scale is None:  # fixed once, from the first fill
-            mean_norm = acts.float().norm(dim=-1).mean(dim=(0, 1))  # [n_hooks]
+            norms = acts.float().norm(dim=-1)  # [seqs, positions, n_hooks]; per hook contiguous, so that a
+            # hook's scale is the same number whether or not other hooks are collected beside it
+            mean_norm = torch.stack([norms[:, :, h].contiguous().mean() for h in range(norms.shape[-1])])
             self.scale = (math.sqrt(acts.shape[-1]) / mean_norm).to(self.device)
         acts = acts * self.scale.to(acts.dtype)[None, None, :, None]
         first_slot = half * self.seqs_per_fill
@@ -199,4 +201,4 @@ class ActivationBuffer:
         """Mean normalized activation over the current storage (used to initialize b_dec)."""
         self.ensure_started()
         filled = self.slot_seq.repeat_interleave(self.seq_len) >= 0
-        return self.storage[filled, hook_index].float().mean(dim=0)
+        return self.storage[filled, hook_index].float().contiguous().mean(dim=0)

@@ -93,7 +93,7 @@ class StepData:
         document; invalid outside the sequence, on BOS, in another document packed into the same
         sequence, or where the row's storage was recycled."""
         acts, valid = self.source.neighbours(self.batch, offset)
-        return acts[:, self.hook_index].float(), valid
+        return acts[:, self.hook_index].float().contiguous(), valid
 
     def has_topic(self, topic: str) -> torch.Tensor:
         """[B] bool: whether each row's document carries `topic` (its domain tag)."""
@@ -181,7 +181,7 @@ class Training:
         sae, settings, trainer = self.sae, self.settings, self.trainer
         if self.begin_step is not None:
             self.begin_step(StepData(batch=batch, step=step, source=self.buffer, hook_index=self.hook_index))
-        out = trainer.step(batch.acts[:, self.hook_index].float())
+        out = trainer.step(batch.acts[:, self.hook_index].float().contiguous())  # one hook of several: a strided view, whose products round otherwise
         trainer.n_training_steps += 1
         renormalize_decoder(sae)
         loss = out.loss.item()
