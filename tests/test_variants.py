@@ -353,4 +353,5 @@ def test_topk_sparse_decoder_gives_the_dense_products_outputs_and_gradients():
     for name, grad in results["off"][3].items():
         assert grad.abs().sum() > 0, name  # every parameter learns, W_dec's rows beyond the k active included (AuxK)
         assert torch.allclose(results["on"][3][name], grad, atol=1e-5), name
-    assert topk.uses_sparse_decoder(topk.Config(), "cpu") and not topk.uses_sparse_decoder(topk.Config(), "cuda:0")
+    assert topk.uses_sparse_decoder(topk.Config(sparse_decoder="on"), "cpu")
+    assert not topk.uses_sparse_decoder(topk.Config(sparse_decoder="off"), "cpu")
