@@ -118,6 +118,7 @@ def model_only_pass(model, hook_name: str, hook_layer: int, recon, sparsity_vari
 
     entry, final = f"blocks.{hook_layer}.hook_resid_pre", f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     linear = model.cfg.output_logits_soft_cap <= 0
+    w_u = model.unembed.W_U.T.double() if linear else None  # once: 262k x d_model in float64
     out: dict[str, list] = {k: [] for k in ("clean_ce", "zero_ce", "zero_kl", "entry", "final", "wu_p", "b_p", "p_log_p",
                                          "p_sum", "p_zero")}
     for tokens in tqdm(recon, desc="core: clean and zero-ablated passes (model only, cached)"):
@@ -132,7 +133,7 @@ def model_only_pass(model, hook_name: str, hook_layer: int, recon, sparsity_vari
             # SAEBench's p is a float32 softmax over 262k words: it sums to 1 only to ~1e-4, and its KL
             # carries that (sum_v p_v log q_v = h_q . W_U p + b_U . p - lse_q x sum_v p_v): p's own sum is
             # kept, and W_U p and b_U . p are summed in float64 so that they add no error of their own.
-            kept.update(wu_p=torch.cat([c.double() @ model.unembed.W_U.T.double() for c in p.split(1)]),
+            kept.update(wu_p=torch.cat([c.double() @ w_u for c in p.split(1)]),
                         b_p=p.double() @ model.unembed.b_U.double(), p_sum=p.double().sum(-1),
                         p_log_p=(p * torch.log(p)).sum(-1), p_zero=(p == 0).any(-1))
             del p
