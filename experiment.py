@@ -292,6 +292,12 @@ def evaluate(cfg: Config, loaded: Loaded, sae, stage: Path) -> tuple[dict[str, d
 
 # ---- 5. write ---------------------------------------------------------------------------------
 
+def data_failures(data: dict) -> list[str]:
+    """Why the run's data makes it no result: eval texts that training read."""
+    n = data.get("eval_texts_in_training_documents")
+    return [f"{n} eval texts are training documents"] if n else []
+
+
 def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResult, evals: dict[str, dict],
           context: EvalContext, t_start: float) -> int:
     buffer = loaded.buffer(cfg.training)
@@ -309,8 +315,7 @@ def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResu
             **context.held_out_description({d.text for d in loaded.train_seqs.documents}), "source": cfg.target.dataset,
             "activation_cache": dataclasses.asdict(loaded.activation_cache),
             "eval_model_only_caches": context.model_only_used}
-    if data["eval_texts_in_training_documents"]:
-        failures.append(f"{data['eval_texts_in_training_documents']} eval texts are training documents")
+    failures += data_failures(data)
     status = "ok" if not failures else "failed"
     info = {
         "status": status,

@@ -172,8 +172,7 @@ def add_to_run(source: Path, cfg: experiment.Config, info: dict, replace: bool) 
         eval_failures, numbers = experiment.read_evals(held)
         info["summary"].update(numbers)
         failures = experiment.training_failures(info["training"]) + eval_failures
-        if info.get("data", {}).get("eval_texts_in_training_documents"):
-            failures.append(f"{info['data']['eval_texts_in_training_documents']} eval texts are training documents")
+        failures += experiment.data_failures(info.get("data", {}))
         info["failures"], info["status"] = failures, "ok" if not failures else "failed"
         info.setdefault("added_evals", []).append(
             {"evals": list(evals), "replaced": present, "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
