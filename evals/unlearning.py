@@ -15,7 +15,10 @@ forget and retain documents are split in two by a hash salted with `split_seed`.
 the firing frequencies, and the whole sweep's forget and retain loss rises (the forget-vs-retain
 curve). Each family of the sweep (the same features at 4 multipliers) is read piecewise-linearly at a
 retain-loss rise of exactly the tolerance, and the family with the largest forget rise there is chosen,
-with the two multipliers that bracket the tolerance. On the "score" half only those two are measured,
+with the two multipliers that bracket the tolerance. A family's multipliers above its first point past
+the tolerance cannot change that choice, so they are not measured (recorded as not measured; the
+curve and SAEBench's rule below are over the measured points, which is SAEBench's rule exactly while
+the retain rise grows with the multiplier). On the "score" half only the bracket is measured,
 and the score is the forget-loss rise where that family's score-half curve reaches the tolerance.
 Why not SAEBench's rule (the best sweep point within the tolerance): with 4 multipliers a factor 2
 apart, it scores wherever the grid happens to fall below the tolerance, and on another half the same
@@ -169,7 +172,7 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
             "unlearning-clean", compute, sae.cfg.hook_name, tokens.tolist())
         select = loss_sweep(model, sae, interventions, corpus("forget", "select", s.select_forget_rows),
                             corpus("retain", "select", s.select_retain_rows), s.batch_size,
-                            desc="unlearning sweep (select half)", model_only=model_only)
+                            desc="unlearning sweep (select half)", model_only=model_only, stop_past=s.loss_tolerance)
         loss_unlearning_score(*select, s.loss_tolerance)  # the relative increases of every select row
         chosen = interpolated_choice(select[1], s.loss_tolerance)["chosen"]
         bracket = [iv for iv in interventions if (iv["retain_threshold"], iv["n_features"]) ==
@@ -178,6 +181,10 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
                             corpus("retain", "score", s.score_retain_rows), s.batch_size,
                             desc="unlearning: the chosen family's bracket (score half)", model_only=model_only)
         result["loss"] = held_out_loss_score(select, scored, s.loss_tolerance)
+        measured = {(r["retain_threshold"], r["n_features"], r["multiplier"]) for r in select[1]}
+        result["loss"]["select_half"]["not_measured_past_tolerance"] = [
+            {k: iv[k] for k in ("retain_threshold", "n_features", "multiplier")} for iv in interventions
+            if (iv["retain_threshold"], iv["n_features"], iv["multiplier"]) not in measured]
         result["loss"]["data"] = {"split_seed": s.split_seed,
                                   "tokens": {"select": {"forget": s.select_forget_rows * SEQ_LEN,
                                                         "retain": s.select_retain_rows * SEQ_LEN},

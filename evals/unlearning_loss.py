@@ -159,7 +159,7 @@ def _rerun_losses(model, clean: Clean, rows: torch.Tensor, start: torch.Tensor, 
 
 def loss_sweep(model, sae, interventions: list[dict], forget_tokens: torch.Tensor, retain_tokens: torch.Tensor,
                batch_size: int, desc: str = "unlearning sweep (loss)", skip_unaffected: bool = True,
-               model_only=None) -> tuple[dict, list[dict]]:
+               model_only=None, stop_past: float | None = None) -> tuple[dict, list[dict]]:
     """(baseline losses, one row per intervention with its forget and retain loss). Each intervention
     is a dict with its selected `features` and `multiplier` (see evals.unlearning).
 
@@ -169,14 +169,28 @@ def loss_sweep(model, sae, interventions: list[dict], forget_tokens: torch.Tenso
     none fires keeps all of them. Only those positions are recomputed, starting from the residual that
     enters the SAE's layer: the same numbers (tests/test_unlearning_loss_exact.py) for a fraction of the
     work, which is what lets the score use enough tokens. `skip_unaffected=False` runs every row through
-    the model's own forward under the clamp instead (the reference). `model_only`: see clean_pass."""
+    the model's own forward under the clamp instead (the reference). `model_only`: see clean_pass.
+
+    `stop_past`: once an intervention raises the retain loss by more than this (relative), the larger
+    multipliers of its family (same retain threshold and n features; they must come in ascending
+    multiplier order) are not measured and get no row. Why: the interpolated choice reads each family
+    only up to its first point past the tolerance (forget_rise_at_tolerance), so the larger ones cannot
+    change it; on the embedded default they were 10 of the select half's 16 interventions."""
+    families: dict[tuple, list] = {}
+    for iv in interventions:
+        families.setdefault((iv["retain_threshold"], iv["n_features"]), []).append(iv["multiplier"])
+    if stop_past is not None and any(m != sorted(m) for m in families.values()):
+        raise ValueError("stop_past needs each family's multipliers in ascending order")
     model.reset_hooks()
     corpora = {"forget": forget_tokens, "retain": retain_tokens}
     clean = {name: clean_pass(model, sae, t, batch_size, model_only) for name, t in corpora.items()}
     baseline = {f"{name}_loss": c.totals() for name, c in clean.items()}
     w_u = model.unembed.W_U.T.contiguous() if skip_unaffected else None
-    rows = []
+    rows, stopped = [], set()
     for iv in tqdm(interventions, desc=desc):
+        family = (iv["retain_threshold"], iv["n_features"])
+        if family in stopped:
+            continue
         row = {k: iv[k] for k in ("retain_threshold", "n_features", "multiplier")}
         features = [int(f) for f in iv["features"]]
         row.update(n_features_selected=len(features), features=features)
@@ -199,4 +213,7 @@ def loss_sweep(model, sae, interventions: list[dict], forget_tokens: torch.Tenso
             row[f"{name}_rows_rerun"] = int(len(affected))
             row[f"{name}_positions_rerun"] = int((ctx - 1 - start[affected]).sum())  # loss positions recomputed
         rows.append(row)
+        rise = (row["retain_loss"] - baseline["retain_loss"]) / baseline["retain_loss"]  # loss_unlearning_score's
+        if stop_past is not None and rise > stop_past:
+            stopped.add(family)
     return baseline, rows

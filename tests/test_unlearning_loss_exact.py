@@ -62,3 +62,26 @@ def test_rerunning_only_positions_after_the_first_firing_gives_the_full_rerun_nu
     assert fast[0]["retain_positions_rerun"] < fast[0]["retain_rows_rerun"] * 63
     assert fast[0]["retain_loss"] != pytest.approx(base_fast["retain_loss"], rel=1e-4)  # the clamp did act
     assert fast[1]["retain_loss"] == base_fast["retain_loss"] and fast[1]["retain_rows_rerun"] == 0
+
+
+def test_stopping_a_family_past_the_tolerance_keeps_its_interpolated_reading(model):
+    from evals.unlearning_loss import interpolated_choice, loss_sweep, loss_unlearning_score
+
+    sae = _sparse_sae(model)
+    g = torch.Generator().manual_seed(2)
+    forget, retain = (torch.randint(1000, 20000, (12, 64), generator=g) for _ in range(2))
+    forget[:, 0] = retain[:, 0] = model.tokenizer.bos_token_id
+    family = [{"retain_threshold": 0.01, "n_features": 3, "multiplier": m, "features": [0, 1, 2]}
+              for m in (500.0, 2000.0, 8000.0)]
+    base, full = loss_sweep(model, sae, family, forget, retain, 4)
+    loss_unlearning_score(base, full, 0.0)
+    rises = [r["retain_loss_increase"] for r in full]
+    assert rises == sorted(rises) and rises[0] < rises[1]
+    tolerance = (rises[0] + rises[1]) / 2  # the family passes it at its second multiplier
+    _, stopped = loss_sweep(model, sae, family, forget, retain, 4, stop_past=tolerance)
+    assert [r["multiplier"] for r in stopped] == [500.0, 2000.0]  # the third is not measured
+    loss_unlearning_score(base, stopped, tolerance)
+    assert stopped == full[:2]
+    assert interpolated_choice(stopped, tolerance) == interpolated_choice(full, tolerance)
+    with pytest.raises(ValueError, match="ascending"):
+        loss_sweep(model, sae, family[::-1], forget, retain, 4, stop_past=tolerance)
