@@ -120,7 +120,11 @@ def test_every_eval_writes_its_saebench_json_and_a_sane_summary(tiny_run):
     assert un["mcq_status"] == "not_applicable" and un["mcq_unlearning_score"] is None  # a 270M base model
     assert "24 option orderings" in un["mcq_reason"] and un["n_known_questions"]
     loss = json.loads((run / EVAL_FILES["unlearning"]).read_text())["loss"]
-    assert len(loss["select_rows"]) == len(un["loss_curve"]) == 16
+    skipped = loss["select_half"]["not_measured_past_tolerance"]  # past a family's first point beyond it
+    assert len(loss["select_rows"]) == len(un["loss_curve"]) == 16 - len(skipped)
+    assert all(any(r["multiplier"] < s["multiplier"] and r["retain_loss_increase"] > un["loss_score_tolerance"]
+                   for r in loss["select_rows"] if r["n_features"] == s["n_features"]
+                   and r["retain_threshold"] == s["retain_threshold"]) for s in skipped)
     assert all(math.isfinite(r["forget_loss"]) for r in loss["select_rows"])
     assert math.isfinite(un["loss_unlearning_score"]) and len(loss["score_rows"]) in (1, 2)
     assert all(r["n_features"] == un["loss_score_family"]["n_features"] for r in loss["score_rows"])
