@@ -53,8 +53,9 @@ from trainers.buffer import ActivationBuffer, BufferError_  # noqa: E402
 from trainers.config import System, Target, UsageError, set_flag, set_named, split_args  # noqa: E402
 from trainers.data import DataError, TokenSequences, build_sequences  # noqa: E402
 from trainers.model import EMBEDDED_MODEL, EMBEDDED_TL_NAME, ModelError, hook_layer, load_model, pick_device, pick_dtype  # noqa: E402
+from trainers import checkpoint  # noqa: E402
 from trainers.trainer import (Training, TrainingFailed, TrainResult, TrainSettings, fold_into_model_space,  # noqa: E402
-                              set_rng_state, train_saes)
+                              rng_state, set_rng_state, train_saes)
 from trainers.variant_sae import VariantSettingError  # noqa: E402
 
 
@@ -85,20 +86,48 @@ def parse(argv: list[str]) -> Config:
             eval_names = selected_evals(value)
         else:
             set_flag([target, training, system], key, value)
+    if target.d_sae < 0:
+        raise UsageError(f"--d_sae={target.d_sae}: the SAE needs at least 1 feature (0: the model's default)")
     variant = target.resolve(VARIANTS)
-    for section, name in [(target, "d_sae"), (target, "context_size")] + [
-            (training, n) for n in ("n_tokens", "batch_size", "log_every", "seqs_per_fill", "model_batch_size")]:
-        if getattr(section, name) <= 0:
-            raise UsageError(f"--{name} must be positive")
-    if training.n_tokens < training.batch_size:
-        raise UsageError(f"--n_tokens={training.n_tokens} is less than one batch ({training.batch_size}): 0 training steps")
+    check_ranges(target, training, system)
     evals = {name: EVALS[name].Settings() for name in eval_names}
     why_not = {**{v: f"variant {v!r} is not the one this run trains ({target.variant!r})" for v in VARIANTS},
                **{e: f"eval {e!r} is not selected (add it to --evals)" for e in EVALS}}
     for item in sets:
         set_named({target.variant: variant, **evals}, item, why_not)
+    for name, settings in evals.items():  # counts (rows, batches, texts) >= 1, seeds and fractions >= 0
+        for f in dataclasses.fields(settings):
+            v = getattr(settings, f.name)
+            least = 0 if isinstance(v, float) or f.name.endswith("seed") else 1
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v < least:
+                raise UsageError(f"--set {name}.{f.name}={v} must be >= {least}")
     VARIANTS[target.variant].check(variant)
     return Config(target, training, variant, evals, system)
+
+
+def check_ranges(target: Target, training: TrainSettings, system: System) -> None:
+    """Numbers that cannot work: one line each, before anything loads."""
+    for section, name in [(target, "d_sae"), (target, "context_size")] + [
+            (training, n) for n in ("n_tokens", "batch_size", "log_every", "seqs_per_fill", "model_batch_size",
+                                    "dead_window_tokens")]:
+        if getattr(section, name) <= 0:
+            raise UsageError(f"--{name}={getattr(section, name)} must be positive")
+    rules = [(training.lr > 0, f"--lr={training.lr} must be positive"),
+             (0 <= training.lr_warm_up_frac <= 1 and 0 <= training.lr_decay_frac <= 1
+              and training.lr_warm_up_frac + training.lr_decay_frac <= 1,
+              "--lr_warm_up_frac and --lr_decay_frac must be fractions in [0, 1] that add up to at most 1"),
+             (0 < training.final_avg_frac <= 1, f"--final_avg_frac={training.final_avg_frac} must be in (0, 1]"),
+             (target.context_size >= 2, f"--context_size={target.context_size}: a sequence needs BOS and at least one token"),
+             (1 <= target.held_out_percent <= 99, f"--held_out_percent={target.held_out_percent} must be 1..99 "
+              "(the evals read only held-out documents, training only the others)"),
+             (system.checkpoint_every_tokens >= 0, f"--checkpoint_every_tokens={system.checkpoint_every_tokens} must "
+              "be >= 0 (0: no checkpoints)"),
+             (system.activation_cache_max_gb >= 0, f"--activation_cache_max_gb={system.activation_cache_max_gb} must be >= 0"),
+             (training.n_tokens >= training.batch_size, f"--n_tokens={training.n_tokens} is less than one batch "
+              f"({training.batch_size}): 0 training steps")]
+    for ok, message in rules:
+        if not ok:
+            raise UsageError(message)
 
 
 # training settings a sweep may vary: SAEs trained together share every batch, so not the text, the
@@ -120,9 +149,15 @@ def parse_all(argv: list[str]) -> list[Config]:
             field, eq, values = item.partition("=")
             if not eq or not field or not values.strip(","):
                 raise UsageError(f"--sweep {item!r}: write --sweep FIELD=v1,v2,..., e.g. --sweep relu.l1_coefficient=0.5,1,2")
-            sweeps.append((field, [v for v in values.split(",") if v]))
+            listed = [v for v in values.split(",") if v]
+            if len(set(listed)) < len(listed):
+                raise UsageError(f"--sweep {item!r} lists a value twice; each value trains one SAE")
+            sweeps.append((field, listed))
         elif arg.startswith("--hook=") and "," in arg:
-            sweeps.append(("hook", [h for h in arg.removeprefix("--hook=").split(",") if h]))
+            listed = [h for h in arg.removeprefix("--hook=").split(",") if h]
+            if not listed or len(set(listed)) < len(listed):
+                raise UsageError(f"{arg}: list each hook once, e.g. --hook=blocks.3.hook_resid_post,blocks.6.hook_resid_post")
+            sweeps.append(("hook", listed))
         else:
             plain.append(arg)
     base = parse(plain)
@@ -213,7 +248,12 @@ def load(cfg: Config, hooks: list[str] | None = None) -> Loaded:
     model = load_model(target.model, device=device, dtype=dtype)
     for hook in hooks:
         hook_layer(hook, model.cfg.n_layers)
+        if hook not in model.hook_dict:
+            raise ModelError(f"{hook!r} is not a hook of {target.model}; train on a residual-stream hook such as "
+                             f"blocks.{model.cfg.n_layers // 2}.hook_resid_post")
     ctx = target.context_size
+    if ctx > model.cfg.n_ctx:
+        raise UsageError(f"--context_size={ctx} is beyond {target.model}'s context of {model.cfg.n_ctx} tokens")
     n_seqs = training.sequences_needed(ctx)
     train_seqs = build_sequences(target.dataset, model.tokenizer, "train", ctx, max_tokens=n_seqs * ctx,
                                  held_out_percent=target.held_out_percent, shuffle_seed=target.data_seed)
@@ -252,31 +292,70 @@ def build_sae(cfg: Config, loaded: Loaded):
                                               decoder_init_norm=1.0, device=loaded.device, metadata=metadata)
 
 
-def train(cfgs: list[Config], loaded: Loaded) -> list[tuple[object, TrainResult, Training]]:
+def train(cfgs: list[Config], loaded: Loaded, work: Path, resume: bool) -> list[tuple[object, TrainResult, Training]]:
     """Train every config's SAE together: SAEs with the same seed share each batch of one buffer (one
-    forward pass, or one cache read, for all of them), each SAE at its own hook's row."""
-    trainings = [Training(build_sae(cfg, loaded), loaded.buffer(cfg.training), cfg.training,
-                          hook_index=loaded.hooks.index(cfg.target.hook)) for cfg in cfgs]
-    results = train_saes(trainings)
+    forward pass, or one cache read, for all of them), each SAE at its own hook's row. Checkpoints go to
+    work/checkpoint every --checkpoint_every_tokens and after the last step; with `resume`, training goes
+    on from the checkpoint there (after the last step: nothing left to train, the SAEs are as they were)."""
+    config = json.loads(json.dumps([cfg.to_json() for cfg in cfgs]))
+    state = None
+    if resume and (path := checkpoint.find(work)) is not None:
+        state = checkpoint.load(path, loaded.device)
+        if state["config"] != config:
+            raise checkpoint.CheckpointError(f"{path} was written by another command's config; start the run again "
+                                             "without --resume")
+    hook_index = [loaded.hooks.index(cfg.target.hook) for cfg in cfgs]
+    if state is not None:
+        for seed, buffer_state in state["buffers"].items():
+            loaded.buffer(next(cfg.training for cfg in cfgs if cfg.training.seed == seed)).load_state_dict(buffer_state)
+        trainings = [Training(sae, loaded.buffer(cfg.training), cfg.training, hook_index=h, resumed=t)
+                     for cfg, sae, t, h in zip(cfgs, state["saes"], state["trainings"], hook_index)]
+        print(f"[resume] training goes on from step {state['steps_done']} of {trainings[0].n_steps} ({path})")
+    else:
+        trainings = [Training(build_sae(cfg, loaded), loaded.buffer(cfg.training), cfg.training, hook_index=h)
+                     for cfg, h in zip(cfgs, hook_index)]
+    every_tokens = cfgs[0].system.checkpoint_every_tokens
+    save = (lambda steps: checkpoint.save(work, trainings, loaded.buffers, steps, config)) if every_tokens else None
+
+    def keep_last_good(i: int) -> None:  # one SAE of several failed; the others' next checkpoints replace this one
+        if (work / checkpoint.NAME).is_dir() and len(trainings) > 1:
+            shutil.copytree(work / checkpoint.NAME, work / f"{checkpoint.NAME}_before_{Path(cfgs[i].system.out_dir).name}_failed")
+
+    results = train_saes(trainings, state["steps_done"] if state else 0, save,
+                         max(1, every_tokens // cfgs[0].training.batch_size), keep_last_good)
     for t, r in zip(trainings, results):
         t.sae.eval()
-        fold_into_model_space(t.sae, r.activation_scale)
+        if not r.failed:
+            fold_into_model_space(t.sae, r.activation_scale)
     return [(t.sae, r, t) for t, r in zip(trainings, results)]
 
 
 # ---- 4. evaluate ------------------------------------------------------------------------------
 
-def evaluate(cfg: Config, loaded: Loaded, sae, stage: Path) -> tuple[dict[str, dict], EvalContext]:
+def evaluate(cfg: Config, loaded: Loaded, sae, stage: Path, rng: tuple | None = None,
+             progress: Path | None = None) -> tuple[dict[str, dict], EvalContext]:
     """Run every selected eval; one that crashes is recorded as an error (the run is marked failed),
-    never silently skipped."""
+    never silently skipped. `rng`: the random-number state the evals start from (the SAE's training's;
+    None: as it is). `progress`: a file where each finished eval is recorded with the random-number
+    state after it, so that a resumed run does not run it again and the next eval starts where it would
+    have."""
+    done = {"summaries": {}, "rng": rng or rng_state(), "caches": {}}
+    if progress is not None and progress.exists():
+        done = torch.load(progress, weights_only=False)
     context = EvalContext(
         sae=sae, model=loaded.model, model_name=loaded.model_name, embedded=cfg.target.model == EMBEDDED_MODEL,
         device=loaded.device, llm_dtype=str(loaded.dtype).removeprefix("torch."), out_dir=stage,
         cache_dir=Path(cfg.system.eval_cache_dir), dataset=cfg.target.dataset,
         held_out_percent=cfg.target.held_out_percent, context_size=cfg.target.context_size,
         model_batch_size=cfg.training.model_batch_size, seed=cfg.training.seed)
+    context.model_only_used.update(done["caches"])
+    set_rng_state(done["rng"])
     summaries = {}
     for name, settings in cfg.evals.items():
+        if name in done["summaries"]:
+            summaries[name] = done["summaries"][name]
+            print(f"[eval] {name}: finished before the interruption, kept")
+            continue
         print(f"[eval] {name}")
         t_eval = time.perf_counter()
         try:
@@ -287,6 +366,11 @@ def evaluate(cfg: Config, loaded: Loaded, sae, stage: Path) -> tuple[dict[str, d
             summaries[name] = {"status": "error", "error": f"{type(err).__name__}: {err}"}
             print(f"[eval] {name} failed: {type(err).__name__}: {err} (traceback in eval_errors.log)", file=sys.stderr)
         summaries[name]["wall_time_s"] = time.perf_counter() - t_eval
+        if progress is not None:
+            done = {"summaries": {**done["summaries"], name: summaries[name]}, "rng": rng_state(),
+                    "caches": context.model_only_used}
+            torch.save(done, progress.with_suffix(".tmp"))
+            progress.with_suffix(".tmp").replace(progress)
     return summaries, context
 
 
@@ -302,7 +386,7 @@ def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResu
           context: EvalContext, t_start: float) -> int:
     buffer = loaded.buffer(cfg.training)
     training = dataclasses.asdict(result)
-    failures = training_failures(training)
+    failures = training_failures(training, cfg.target.d_sae)
     summary = {"train_loss": training["final"]["loss"], "train_l0": training["final"]["l0"],
                "train_explained_variance_normalized": training["final"]["explained_variance"],
                "alive_frac_train": training["final"]["alive_frac"], "n_steps": training["n_steps"],
@@ -312,9 +396,9 @@ def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResu
     summary.update(numbers)
     data = {"train_sequences": len(loaded.train_seqs), "train_documents": len(loaded.train_seqs.documents),
             "trained_on": buffer.served_description(),
-            **context.held_out_description({d.text for d in loaded.train_seqs.documents}), "source": cfg.target.dataset,
-            "activation_cache": dataclasses.asdict(loaded.activation_cache),
-            "eval_model_only_caches": context.model_only_used}
+            **(context.held_out_description({d.text for d in loaded.train_seqs.documents}) if context else {}),
+            "source": cfg.target.dataset, "activation_cache": dataclasses.asdict(loaded.activation_cache),
+            "eval_model_only_caches": context.model_only_used if context else {}}
     failures += data_failures(data)
     status = "ok" if not failures else "failed"
     info = {
@@ -330,11 +414,23 @@ def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResu
         "wall_time_s": time.perf_counter() - t_start,
         **evals,
     }
-    (stage / "final_info.json").write_text(json.dumps(info, indent=2))
+    # every file is complete before anything is replaced: the notes with the new section and final_info.json
+    # under temporary names, then renames (a full disk fails here, before the run or the notes change)
+    notes = Path(cfg.system.notes)
+    notes_tmp = notes.with_name(notes.name + ".tmp")
+    try:
+        notes_tmp.write_text((notes.read_text() if notes.exists() else "") +
+                             notes_section(out.name.removeprefix("run_"), cfg, summary, failures, evals))
+        write_json_atomic(stage / "final_info.json", info)
+    except OSError:
+        notes_tmp.unlink(missing_ok=True)
+        raise
+    for name in ("evals_done.pt",):  # resume bookkeeping, not a result
+        (stage / name).unlink(missing_ok=True)
     if out.exists():
         shutil.rmtree(out)
     stage.rename(out)
-    append_notes(Path(cfg.system.notes), out.name.removeprefix("run_"), cfg, summary, failures, evals)
+    notes_tmp.replace(notes)
     print(json.dumps(summary, indent=2))
     if failures:
         print("\n*** RUN FAILED, NOT A RESULT: " + "; ".join(failures) + " ***", file=sys.stderr)
@@ -356,16 +452,29 @@ def read_evals(evals: dict[str, dict]) -> tuple[list[str], dict]:
     return failures, numbers
 
 
-def training_failures(training: dict) -> list[str]:
-    """Why the training alone makes this run not a result."""
+def training_failures(training: dict, d_sae: int) -> list[str]:
+    """Why the training alone makes this run not a result, whichever evals ran: it stopped on a
+    non-finite loss or gradient, a final number is not finite, or the SAE is degenerate at the end
+    (L0 0, L0 above half of d_sae, more than 90% of features dead; trainers.trainer.Flags says when
+    it began)."""
     bad = [] if training["n_steps"] >= 1 else ["0 training steps"]
-    for k, v in training["final"].items():
+    if training.get("failed"):
+        bad.append(f"training stopped: {training['failed']}")
+    final = training["final"]
+    for k, v in final.items():
         if isinstance(v, float) and not math.isfinite(v):
             bad.append(f"training final {k} is {v}")
+    if not training.get("failed"):
+        if final.get("l0") == 0:
+            bad.append("training L0 is 0 at the end: every feature is silent")
+        elif final.get("l0", 0) > d_sae / 2:
+            bad.append(f"training L0 is {final['l0']:.0f} at the end, above half of d_sae ({d_sae}): not sparse")
+        if final.get("dead_frac", 0) > 0.9:
+            bad.append(f"{final['dead_frac']:.0%} of features are dead at the end of training")
     return bad
 
 
-def append_notes(path: Path, run_name: str, cfg: Config, summary: dict, failures: list[str], evals: dict) -> None:
+def notes_section(run_name: str, cfg: Config, summary: dict, failures: list[str], evals: dict) -> str:
     t = cfg.target
     lines = [f"## Run {run_name}: {t.variant}" + ("" if not failures else "  (FAILED)"), ""]
     lines.append(f"Variant settings: {json.dumps(dataclasses.asdict(cfg.variant))}")
@@ -382,57 +491,148 @@ def append_notes(path: Path, run_name: str, cfg: Config, summary: dict, failures
     if failures:
         lines.append("NOT A RESULT: " + "; ".join(failures))
     lines.append("")
-    with open(path, "a") as f:
-        f.write("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 # ---- the stages, in order ---------------------------------------------------------------------
 
-def run(cfgs: list[Config]) -> int:
+def work_folder(out_dir: str | Path) -> Path:
+    """OUT_DIR.partial/: where a command works until each of its runs is written (see run)."""
+    out = Path(out_dir)
+    return out.with_name(out.name + ".partial")
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def run(cfgs: list[Config], argv: list[str], resume: bool = False) -> int:
     """Train every config's SAE (one, or a sweep's, together), then evaluate and write each in turn.
-    Each run is built in OUT_DIR.partial/ and renamed when written, so a crash leaves no half-written
-    OUT_DIR (runs already written stay)."""
+
+    The command works in OUT_DIR.partial/ (OUT_DIR: the first run's): `command.json` (its flags, what
+    --resume reruns), `checkpoint/` (trainers/checkpoint.py), `written.json` (the runs already written)
+    and one folder per run, where its SAE and evals are built (with `evals_done.pt`, the evals
+    finished). A run's folder is renamed to its OUT_DIR when written, so there is never a half-written
+    OUT_DIR. When every run is written the work folder is removed; after a crash, a kill or Ctrl-C it
+    stays (with its checkpoint) and `python experiment.py --out_dir=OUT_DIR --resume` goes on from there:
+    training from the last checkpoint, evals from the first one not finished, runs already written
+    skipped. A run stopped by a non-finite loss is written as failed, and its last good checkpoint kept.
+    An error before the first checkpoint leaves nothing behind."""
     t_start = time.perf_counter()
     outs = [Path(cfg.system.out_dir) for cfg in cfgs]
-    for out in outs:
-        if out.exists() and any(out.iterdir()) and not cfgs[0].system.overwrite:
-            raise UsageError(f"{out}/ already holds results; pass --overwrite to replace them, or choose another --out_dir")
-    stages = [out.with_name(out.name + ".partial") for out in outs]
-    codes = []
+    work = work_folder(outs[0])
+    if resume:
+        checkpoint.find(work)  # a damaged checkpoint is refused before anything loads
+        written = json.loads((work / "written.json").read_text()) if (work / "written.json").exists() else []
+    else:
+        for out in outs:
+            if out.exists() and not out.is_dir():
+                raise UsageError(f"--out_dir {out} is a file; choose another --out_dir")
+            if out.exists() and any(out.iterdir()) and not cfgs[0].system.overwrite:
+                raise UsageError(f"{out}/ already holds results; pass --overwrite to replace them, or choose another --out_dir")
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            work.mkdir(parents=True)
+        except OSError as err:
+            raise UsageError(f"cannot create {work}/ ({err.strerror}): choose an --out_dir in a writable folder") from None
+        write_json_atomic(work / "command.json", argv)
+        written = []
+    codes, finished = [], False
     try:
-        for stage in stages:
-            shutil.rmtree(stage, ignore_errors=True)
         hooks = list(dict.fromkeys(cfg.target.hook for cfg in cfgs))
         loaded = load(cfgs[0], hooks)
         if len(cfgs) > 1:
             print(f"[sweep] {len(cfgs)} SAEs trained together on one pass over the data: " +
                   ", ".join(f"{out.name} {cfg.sweep['values']}" for out, cfg in zip(outs, cfgs)))
-        trained = train(cfgs, loaded)
-        for cfg, out, stage, (sae, result, training) in zip(cfgs, outs, stages, trained):
-            stage.mkdir(parents=True)
-            sae.save_inference_model(stage / "sae")
-            set_rng_state(training.rng)  # the RNG state this SAE's evals would meet had it been trained alone
-            evals, context = evaluate(cfg, loaded, sae, stage)
+        trained = train(cfgs, loaded, work, resume)
+        for cfg, out, (sae, result, training) in zip(cfgs, outs, trained):
+            if out.name in written:
+                print(f"[resume] {out} was written before the interruption, kept")
+                continue
+            stage = work / out.name
+            stage.mkdir(exist_ok=True)
+            if result.failed:  # stopped on a non-finite loss: recorded, not evaluated
+                evals, context = {}, None
+            else:
+                sae.save_inference_model(stage / "sae")
+                # the RNG state this SAE's evals would meet had it been trained alone
+                evals, context = evaluate(cfg, loaded, sae, stage, training.rng, stage / "evals_done.pt")
             codes.append(write(cfg, out, stage, loaded, result, evals, context, t_start))
-    finally:  # a written run's stage was renamed to its out; on any failure nothing half-written stays
-        for stage in stages:
-            shutil.rmtree(stage, ignore_errors=True)
-    return max(codes)
+            written.append(out.name)
+            write_json_atomic(work / "written.json", written)
+        finished = True
+    except KeyboardInterrupt:
+        if (work / checkpoint.NAME).is_dir() or written:
+            print(f"\ninterrupted; what finished is kept in {work}/. Resume with:\n"
+                  f"    python experiment.py --out_dir={outs[0]} --resume", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+            print("\ninterrupted before the first checkpoint; nothing was kept", file=sys.stderr)
+        return 130
+    finally:
+        if not finished and not (work / checkpoint.NAME).is_dir() and not written:
+            shutil.rmtree(work, ignore_errors=True)  # nothing to resume from: leave nothing behind
+    if any(r.failed for _, r, _ in trained) and (work / checkpoint.NAME).is_dir():
+        print(f"the last good checkpoint is kept in {work}/{checkpoint.NAME}", file=sys.stderr)
+        for f in work.iterdir():  # the written runs' leftovers go; the checkpoint(s) stay
+            if f.is_file():
+                f.unlink()
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return max(codes) if codes else 0
+
+
+def resumed_argv(argv: list[str]) -> list[str]:
+    """The interrupted command's flags, from OUT_DIR.partial/command.json (--resume takes only --out_dir)."""
+    rest = [a for a in argv if a != "--resume"]
+    if len(rest) == 2 and rest[0] == "--out_dir":
+        rest = [f"--out_dir={rest[1]}"]
+    if len(rest) != 1 or not rest[0].startswith("--out_dir="):
+        raise UsageError("--resume takes only --out_dir=OUT_DIR (the other flags are the interrupted command's, "
+                         "saved in OUT_DIR.partial/command.json)")
+    work = work_folder(rest[0].removeprefix("--out_dir="))
+    try:
+        saved = json.loads((work / "command.json").read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"nothing to resume: {work}/command.json is missing or unreadable (the run finished, or "
+                         "stopped before its first checkpoint); run it again without --resume") from None
+    return saved
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (a scheduler's pre-emption), handled as Ctrl-C."""
 
 
 def main(argv: list[str]) -> int:
+    import signal
+
+    def on_sigterm(*_):
+        raise Interrupted()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    resume = "--resume" in argv
     try:
+        if resume:
+            argv = resumed_argv(argv)
         cfgs = parse_all([a for a in argv if a != "--dry_run"])
         if "--dry_run" in argv:
             print(json.dumps([cfg.to_json() for cfg in cfgs] if len(cfgs) > 1 else cfgs[0].to_json(), indent=2))
             return 0
-        return run(cfgs)
-    except (UsageError, ModelError, DataError, BufferError_, VariantSettingError) as err:
+        return run(cfgs, [a for a in argv if a != "--dry_run"], resume)
+    except (UsageError, ModelError, DataError, BufferError_, VariantSettingError, checkpoint.CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingFailed as err:
         print(f"error: training failed: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # a full disk, a folder that became read-only: one line, nothing half-written
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: could not write{where}: {err.strerror or err}; free space or fix permissions, then run again "
+              f"(with --resume if {work_folder(next((a.removeprefix('--out_dir=') for a in argv if a.startswith('--out_dir=')), 'run_0'))}/checkpoint exists)",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

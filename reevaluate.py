@@ -171,7 +171,7 @@ def add_to_run(source: Path, cfg: experiment.Config, info: dict, replace: bool) 
         held = {name: info[name] for name in experiment.EVALS if name in info}
         eval_failures, numbers = experiment.read_evals(held)
         info["summary"].update(numbers)
-        failures = experiment.training_failures(info["training"]) + eval_failures
+        failures = experiment.training_failures(info["training"], info["config"]["target"]["d_sae"]) + eval_failures
         failures += experiment.data_failures(info.get("data", {}))
         info["failures"], info["status"] = failures, "ok" if not failures else "failed"
         info.setdefault("added_evals", []).append(

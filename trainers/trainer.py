@@ -77,6 +77,8 @@ class TrainResult:
     curves: dict[str, list[float]] = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)
     activation_scale: float = 1.0
+    flags: list[dict] = field(default_factory=list)  # degenerate stretches flagged during training (Flags)
+    failed: str | None = None  # why training stopped early (a non-finite loss or gradient), else None
 
 
 @dataclass
@@ -117,6 +119,50 @@ class StepData:
         return (acts * float(src.scale[self.hook_index])).to(src.device), mask.to(src.device)
 
 
+class NonFiniteTraining(TrainingFailed):
+    """A loss term or a gradient stopped being finite (the step and the term are in the message)."""
+
+
+def check_finite(step: int, out, sae) -> None:
+    """Stop at the first step whose loss, one of its terms, or the update (a non-finite gradient makes
+    the parameters non-finite) is not finite, naming it."""
+    for name, value in {**out.losses, "loss": out.loss}.items():
+        if not torch.isfinite(value).all():
+            raise NonFiniteTraining(f"step {step + 1}: the loss term {name} is {value.sum().item()}; lower --lr "
+                                    "or the variant's coefficients")
+    bad = [name for name, p in sae.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise NonFiniteTraining(f"step {step + 1}: a gradient was not finite (after the update {', '.join(bad)} "
+                                "hold non-finite values) although the loss was; lower --lr")
+
+
+class Flags:
+    """Degenerate training, flagged as it happens (a line in the log) when it lasts: L0 at 0 (every
+    feature silent), L0 above half of d_sae (no sparsity), more than 90% of features dead. Sustained =
+    over a tenth of the run (at least one logging interval). The final gate (experiment.py) fails a run
+    whose final numbers are degenerate; these lines say when it started."""
+
+    def __init__(self, n_steps: int, log_every: int, d_sae: int):
+        self.window, self.d_sae = max(log_every, n_steps // 10), d_sae
+        self.since: dict[str, int] = {}  # condition -> first logged step of its current stretch
+        self.flagged: list[dict] = []  # every stretch flagged: condition, from step, flagged at step
+
+    def update(self, step: int, logged: dict) -> None:
+        conditions = {"L0 is 0 (every feature silent)": logged["l0"] == 0,
+                      f"L0 is above half of d_sae ({self.d_sae // 2}): no sparsity": logged["l0"] > self.d_sae / 2,
+                      "more than 90% of features are dead": logged["dead_frac"] > 0.9}
+        for name, holds in conditions.items():
+            if not holds:
+                self.since.pop(name, None)
+                continue
+            start = self.since.setdefault(name, step)
+            if step - start >= self.window and not any(f["condition"] == name and f["from_step"] == start + 1
+                                                       for f in self.flagged):
+                self.flagged.append({"condition": name, "from_step": start + 1, "flagged_at_step": step + 1})
+                tqdm.write(f"[guard] step {step + 1}: {name}, since step {start + 1} (L0 {logged['l0']:.1f}, dead "
+                           f"{logged['dead_frac']:.0%}); unless it recovers the run will be marked failed")
+
+
 def constrain_decoder(sae) -> None:
     """Keep W_dec rows at unit norm: project each row's gradient onto the sphere's tangent space,
     and renormalize after the optimizer step (see `renormalize_decoder`)."""
@@ -141,17 +187,21 @@ class Training:
     so a variant that draws random numbers (neighbour offsets, negatives) draws the same ones whether
     its SAE trains alone or beside others: a swept SAE equals the same SAE trained alone."""
 
-    def __init__(self, sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index: int = 0):
+    def __init__(self, sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index: int = 0,
+                 resumed: dict | None = None):
+        """`resumed`: a checkpoint's state of this training (trainers/checkpoint.py), whose SAE `sae` is:
+        the training goes on from there instead of starting."""
         self.n_steps = settings.n_steps
         if self.n_steps < 1:
             raise TrainingFailed(f"n_tokens={settings.n_tokens} < batch_size={settings.batch_size}: 0 training steps")
         self.sae, self.buffer, self.settings, self.hook_index = sae, buffer, settings, hook_index
         device = str(buffer.device)
-        torch.manual_seed(settings.seed)
-        sae.to(device)
-        with torch.no_grad():  # b_dec at the data mean: most of the residual's energy is its mean
-            sae.b_dec.data = buffer.mean_activation(hook_index).to(sae.b_dec)
-        renormalize_decoder(sae)
+        if resumed is None:
+            torch.manual_seed(settings.seed)
+            sae.to(device)
+            with torch.no_grad():  # b_dec at the data mean: most of the residual's energy is its mean
+                sae.b_dec.data = buffer.mean_activation(hook_index).to(sae.b_dec)
+            renormalize_decoder(sae)
         constrain_decoder(sae)
         self.trainer = SAETrainer(
             cfg=SAETrainerConfig(
@@ -174,7 +224,28 @@ class Training:
         self.begin_step = getattr(sae, "begin_step", None)  # the variant contract (StepData above)
         self.rng = rng_state()
         self.start = time.perf_counter()
+        self.elapsed_before = 0.0  # seconds trained before a resume
         self.last_row: dict[str, float] = {}
+        self.flags = Flags(self.n_steps, settings.log_every, sae.cfg.d_sae)
+        self.failed: str | None = None  # why this SAE stopped training (a non-finite loss or gradient)
+        if resumed is not None:
+            self.load_state_dict(resumed)
+
+    STATE = ("per_step", "curves", "rng", "last_row", "flags", "failed")
+
+    def state_dict(self) -> dict:
+        """This training's own state beside its SAE and SAELens's trainer state (trainers/checkpoint.py)."""
+        return {**{k: getattr(self, k) for k in self.STATE}, "elapsed": self.elapsed()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """`state`: state_dict()'s, plus "trainer_dir", where SAELens saved its trainer's state."""
+        for k in self.STATE:
+            setattr(self, k, state[k])
+        self.elapsed_before = state["elapsed"]
+        self.trainer.load_trainer_state(state["trainer_dir"])
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start
 
     def step(self, step: int, batch: ActivationBatch) -> None:
         set_rng_state(self.rng)
@@ -185,8 +256,7 @@ class Training:
         trainer.n_training_steps += 1
         renormalize_decoder(sae)
         loss = out.loss.item()
-        if not math.isfinite(loss):
-            raise TrainingFailed(f"loss became {loss} at step {step}; lower the learning rate or the coefficients")
+        check_finite(step, out, sae)
         with torch.no_grad():
             row = {
                 "loss": loss,
@@ -200,25 +270,29 @@ class Training:
             self.per_step.setdefault(k, []).append(v)
         self.last_row = row
         if step % settings.log_every == 0 or step == self.n_steps - 1:
-            elapsed = time.perf_counter() - self.start
+            elapsed = self.elapsed() - self.elapsed_before  # tokens/s of this process's steps
             logged = {
                 "step": step + 1,
                 "tokens": (step + 1) * settings.batch_size,
                 **row,
                 "dead_frac": trainer.dead_neurons.float().mean().item(),
                 "lr": trainer.optimizer.param_groups[0]["lr"],
-                "tokens_per_s": (step + 1) * settings.batch_size / elapsed,
+                "tokens_per_s": (step + 1 - self.first_step) * settings.batch_size / elapsed,
             }
+            self.flags.update(step, logged)
             n_logged = len(self.curves.get("step", []))
             for k in list(self.curves) + [k for k in logged if k not in self.curves]:  # None where a key was absent
                 self.curves.setdefault(k, [None] * n_logged).append(logged.get(k))
         self.rng = rng_state()
 
+    first_step = 0  # the first step this process ran (after a resume: the checkpoint's)
+
     def result(self) -> TrainResult:
-        settings, n_steps = self.settings, self.n_steps
-        wall = time.perf_counter() - self.start
+        settings = self.settings
+        n_steps = len(self.per_step.get("loss", [])) if self.failed else self.n_steps  # steps completed
+        wall = self.elapsed()
         tail = max(1, int(settings.final_avg_frac * n_steps))
-        final = {k: float(sum(v[-tail:]) / len(v[-tail:])) for k, v in self.per_step.items()}
+        final = {k: float(sum(v[-tail:]) / max(1, len(v[-tail:]))) for k, v in self.per_step.items()}
         final["dead_frac"] = self.trainer.dead_neurons.float().mean().item()
         final["alive_frac"] = 1 - final["dead_frac"]
         final["dead_window_tokens"] = settings.dead_window_steps * settings.batch_size
@@ -227,12 +301,14 @@ class Training:
             n_steps=n_steps,
             n_tokens=n_steps * settings.batch_size,
             wall_time_s=wall,
-            tokens_per_s=n_steps * settings.batch_size / wall,
+            tokens_per_s=n_steps * settings.batch_size / max(wall, 1e-9),
             model_tokens=self.buffer.n_model_tokens,
             epochs_started=self.buffer.epochs_started,
             curves=self.curves,
             final=final,
             activation_scale=float(self.buffer.scale[self.hook_index]),
+            flags=self.flags.flagged,
+            failed=self.failed,
         )
 
 
@@ -247,27 +323,49 @@ def set_rng_state(state: tuple) -> None:
 
 
 def train_sae(sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index: int = 0) -> TrainResult:
-    return train_saes([Training(sae, buffer, settings, hook_index)])[0]
+    result = train_saes([Training(sae, buffer, settings, hook_index)])[0]
+    if result.failed:
+        raise NonFiniteTraining(result.failed)
+    return result
 
 
-def train_saes(trainings: list[Training]) -> list[TrainResult]:
+def train_saes(trainings: list[Training], start_step: int = 0, checkpoint=None, checkpoint_every: int = 0,
+               on_failure=None) -> list[TrainResult]:
     """Train several SAEs step by step. Trainings that share a buffer share each batch (one forward
-    pass or cache read for all of them); all must have the same number of steps and batch size."""
+    pass or cache read for all of them); all must have the same number of steps and batch size.
+    `start_step`: steps already taken (a resumed checkpoint's). `checkpoint(steps_done)` is called every
+    `checkpoint_every` steps and after the last one. A training whose loss or gradient stops being finite
+    stops there (`failed` says why; `on_failure(index)` is called at once), the others go on; when all
+    have stopped, so does the loop (no checkpoint is written after that: the last one is the last good)."""
     n_steps, batch_size = trainings[0].n_steps, trainings[0].settings.batch_size
     if any(t.n_steps != n_steps or t.settings.batch_size != batch_size for t in trainings):
         raise TrainingFailed("SAEs trained together need the same number of tokens and batch size")
     buffers = list({id(t.buffer): t.buffer for t in trainings}.values())
     what = f"training SAE ({n_steps} steps)" if len(trainings) == 1 else f"training {len(trainings)} SAEs ({n_steps} steps)"
-    bar = tqdm(range(n_steps), desc=what, unit="step")
+    bar = tqdm(range(start_step, n_steps), desc=what, unit="step", initial=start_step, total=n_steps)
     start = time.perf_counter()
+    for t in trainings:
+        t.first_step = start_step
     for step in bar:
         batches = {id(b): b.next_batch(batch_size) for b in buffers}
-        for t in trainings:
-            t.step(step, batches[id(t.buffer)])
+        for i, t in enumerate(trainings):
+            if t.failed:
+                continue
+            try:
+                t.step(step, batches[id(t.buffer)])
+            except NonFiniteTraining as err:  # this SAE stops here; the others of a sweep go on
+                t.failed = str(err)
+                tqdm.write(f"[guard] SAE {i + 1} of {len(trainings)}: {err}" if len(trainings) > 1 else f"[guard] {err}")
+                if on_failure is not None:
+                    on_failure(i)
+        if all(t.failed for t in trainings):
+            break
         if step % trainings[0].settings.log_every == 0 or step == n_steps - 1:
-            row = trainings[0].last_row
+            row = next(t for t in trainings if not t.failed).last_row
             bar.set_postfix(loss=f"{row['loss']:.2f}", L0=f"{row['l0']:.0f}", ev=f"{row['explained_variance']:.3f}",
-                            tok_s=f"{(step + 1) * batch_size / (time.perf_counter() - start):.0f}")
+                            tok_s=f"{(step + 1 - start_step) * batch_size / (time.perf_counter() - start):.0f}")
+        if checkpoint is not None and ((checkpoint_every and (step + 1) % checkpoint_every == 0) or step == n_steps - 1):
+            checkpoint(step + 1)
     return [t.result() for t in trainings]
 
 

@@ -1,0 +1,161 @@
+"""End to end on the embedded model: a run killed with SIGKILL mid-training, or mid-evals, and resumed
+with `--resume` finishes with final_info.json numbers identical to a run never interrupted; two runs
+with the same seed give identical numbers (determinism)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_experiment import ROOT, TINY_EVALS, run_experiment
+
+pytestmark = pytest.mark.slow
+
+N_TOKENS = 128 * 160  # 160 steps: long enough to be killed in the middle
+ARGS = [f"--n_tokens={N_TOKENS}", "--batch_size=128", "--seqs_per_fill=32", "--log_every=10",
+        "--checkpoint_every_tokens=1280", "--activation_cache=false", "--eval_cache_dir=cache",
+        "--evals=core,diagnostics"] + [a for name in ("core", "diagnostics") for s in TINY_EVALS[name]
+                                       for a in ("--set", f"{name}.{s}")]
+TIMING = ("wall_time_s", "tokens_per_s", "build_s", "datetime_epoch_millis")
+NOT_COMPARED = TIMING + ("out_dir", "eval_model_only_caches", "eval_id")  # the first run builds the eval caches, later ones read them
+
+
+def numbers(info, path=""):
+    """Every value of final_info.json but timings (and the config's out_dir), flattened."""
+    out = {}
+    if isinstance(info, dict):
+        for k, v in info.items():
+            if k in NOT_COMPARED:
+                continue
+            out.update(numbers(v, f"{path}.{k}"))
+    elif isinstance(info, list):
+        for i, v in enumerate(info):
+            out.update(numbers(v, f"{path}[{i}]"))
+    else:
+        out[path] = info
+    return out
+
+
+def killed_when(out_dir: str, cwd: Path, ready) -> None:
+    """Start the run, SIGKILL it as soon as `ready(work_folder)` holds; assert it had not finished."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "experiment.py"), f"--out_dir={out_dir}", *ARGS], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = cwd / f"{out_dir}.partial"
+    deadline = time.time() + 900
+    while not ready(work) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (cwd / out_dir).exists() and work.is_dir()
+
+
+def steps_done(work: Path) -> int:
+    try:
+        return json.loads((work / "checkpoint" / "complete.json").read_text())["steps_done"]
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("resume")
+    proc = run_experiment("--out_dir=run_0", *ARGS, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd, numbers(json.loads((cwd / "run_0" / "final_info.json").read_text()))
+
+
+def test_two_runs_with_the_same_seed_give_identical_numbers(reference):
+    cwd, expected = reference
+    proc = run_experiment("--out_dir=run_1", *ARGS, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = numbers(json.loads((cwd / "run_1" / "final_info.json").read_text()))
+    assert len(expected) > 200
+    assert {k: v for k, v in got.items() if got[k] != expected.get(k)} == {}
+
+
+def test_a_run_killed_mid_training_and_resumed_ends_identical_to_one_never_interrupted(reference):
+    cwd, expected = reference
+    killed_when("run_2", cwd, lambda work: steps_done(work) >= 30)
+    at = steps_done(cwd / "run_2.partial")
+    assert 30 <= at < N_TOKENS // 128
+    proc = run_experiment("--out_dir=run_2", "--resume", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"training goes on from step {at} of 160" in proc.stdout
+    got = numbers(json.loads((cwd / "run_2" / "final_info.json").read_text()))
+    assert {k: v for k, v in got.items() if got[k] != expected.get(k)} == {}
+    assert not (cwd / "run_2.partial").exists()  # finished: no work folder, no checkpoint left
+
+
+def test_a_run_killed_during_its_evals_resumes_without_rerunning_the_finished_ones(reference):
+    cwd, expected = reference
+    killed_when("run_3", cwd, lambda work: (work / "run_3" / "evals_done.pt").exists())
+    proc = run_experiment("--out_dir=run_3", "--resume", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training goes on from step 160 of 160" in proc.stdout
+    assert "[eval] core: finished before the interruption, kept" in proc.stdout
+    got = numbers(json.loads((cwd / "run_3" / "final_info.json").read_text()))
+    assert {k: v for k, v in got.items() if got[k] != expected.get(k)} == {}
+    notes = (cwd / "notes.txt").read_text()
+    assert notes.count("## Run 3:") == 1
+
+
+def test_resume_without_anything_to_resume_is_one_line(tmp_path):
+    proc = run_experiment("--out_dir=run_7", "--resume", cwd=tmp_path)
+    assert proc.returncode == 2 and "nothing to resume" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_experiment("--out_dir=run_7", "--resume", "--lr=1", cwd=tmp_path)
+    assert proc.returncode == 2 and "--resume takes only --out_dir" in proc.stderr
+
+
+def test_ctrl_c_keeps_the_checkpoint_says_how_to_resume_and_exits_130(reference):
+    cwd, expected = reference
+    proc = subprocess.Popen([sys.executable, str(ROOT / "experiment.py"), "--out_dir=run_4", *ARGS], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 900
+    while steps_done(cwd / "run_4.partial") < 20 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert "python experiment.py --out_dir=run_4 --resume" in err
+    assert (cwd / "run_4.partial" / "checkpoint" / "complete.json").exists() and not (cwd / "run_4").exists()
+    proc = run_experiment("--out_dir=run_4", "--resume", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = numbers(json.loads((cwd / "run_4" / "final_info.json").read_text()))
+    assert {k: v for k, v in got.items() if got[k] != expected.get(k)} == {}
+
+
+FULL_DISK = '''
+import errno, os, pathlib
+_target = os.environ.get("SIMULATE_FULL_DISK_ON")
+if _target:
+    _write_text = pathlib.Path.write_text
+    def write_text(self, *args, **kwargs):
+        if self.name.startswith(_target):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return _write_text(self, *args, **kwargs)
+    pathlib.Path.write_text = write_text
+'''
+
+
+def test_a_disk_that_fills_while_results_are_written_leaves_no_half_result_and_the_run_resumes(reference, tmp_path):
+    cwd, expected = reference
+    (tmp_path / "sitecustomize.py").write_text(FULL_DISK)
+    notes = (cwd / "notes.txt").read_text()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "SIMULATE_FULL_DISK_ON": "final_info.json"}
+    proc = subprocess.run([sys.executable, str(ROOT / "experiment.py"), "--out_dir=run_5", *ARGS], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "--resume" in errors[0]
+    assert not (cwd / "run_5").exists() and (cwd / "notes.txt").read_text() == notes
+    assert not list(cwd.glob("notes.txt.tmp"))
+    proc = run_experiment("--out_dir=run_5", "--resume", cwd=cwd)  # space freed: resume writes it
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = numbers(json.loads((cwd / "run_5" / "final_info.json").read_text()))
+    assert {k: v for k, v in got.items() if got[k] != expected.get(k)} == {}
