@@ -121,7 +121,7 @@ def check_ranges(target: Target, training: TrainSettings, system: System) -> Non
              (1 <= target.held_out_percent <= 99, f"--held_out_percent={target.held_out_percent} must be 1..99 "
               "(the evals read only held-out documents, training only the others)"),
              (system.checkpoint_every_tokens >= 0, f"--checkpoint_every_tokens={system.checkpoint_every_tokens} must "
-              "be >= 0 (0: no checkpoints)"),
+              "be >= 0 (0: a tenth of the run; --checkpoints=false: none)"),
              (system.activation_cache_max_gb >= 0, f"--activation_cache_max_gb={system.activation_cache_max_gb} must be >= 0"),
              (training.n_tokens >= training.batch_size, f"--n_tokens={training.n_tokens} is less than one batch "
               f"({training.batch_size}): 0 training steps")]
@@ -314,15 +314,16 @@ def train(cfgs: list[Config], loaded: Loaded, work: Path, resume: bool) -> list[
     else:
         trainings = [Training(build_sae(cfg, loaded), loaded.buffer(cfg.training), cfg.training, hook_index=h)
                      for cfg, h in zip(cfgs, hook_index)]
-    every_tokens = cfgs[0].system.checkpoint_every_tokens
-    save = (lambda steps: checkpoint.save(work, trainings, loaded.buffers, steps, config)) if every_tokens else None
+    system, training = cfgs[0].system, cfgs[0].training
+    every_tokens = system.checkpoint_every_tokens or max(50_000, training.n_tokens // 10)
+    save = (lambda steps: checkpoint.save(work, trainings, loaded.buffers, steps, config)) if system.checkpoints else None
 
     def keep_last_good(i: int) -> None:  # one SAE of several failed; the others' next checkpoints replace this one
         if (work / checkpoint.NAME).is_dir() and len(trainings) > 1:
             shutil.copytree(work / checkpoint.NAME, work / f"{checkpoint.NAME}_before_{Path(cfgs[i].system.out_dir).name}_failed")
 
     results = train_saes(trainings, state["steps_done"] if state else 0, save,
-                         max(1, every_tokens // cfgs[0].training.batch_size), keep_last_good)
+                         max(1, every_tokens // training.batch_size), keep_last_good)
     for t, r in zip(trainings, results):
         t.sae.eval()
         if not r.failed:

@@ -291,7 +291,7 @@ BAD_INPUTS = [  # (arguments, what the one line must say)
     (["--d_sae=-1"], "at least 1 feature"),
     (["--lr_warm_up_frac=0.9", "--lr_decay_frac=0.5"], "add up to at most 1"),
     (["--held_out_percent=100"], "must be 1..99"),
-    (["--checkpoint_every_tokens=-5"], "must be >= 0 (0: no checkpoints)"),
+    (["--checkpoint_every_tokens=-5"], "--checkpoint_every_tokens=-5 must be >= 0"),
     (["--n_tokens=100", "--batch_size=256"], "0 training steps"),
     (["--overwrite=maybe"], "not a valid bool"),
     (["--set", "core.batch_size_prompts=0"], "core.batch_size_prompts=0 must be >= 1"),

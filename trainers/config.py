@@ -62,10 +62,11 @@ class System:
     activation_cache: bool = True  # training reads the model's activations from disk once written (false: run the model)
     activation_cache_dir: str = ".cache/activations"
     activation_cache_max_gb: float = 20.0  # the whole folder's cap: least recently used caches are removed
-    checkpoint_every_tokens: int = 50_000  # training checkpoints (for --resume) every this many tokens; 0: none
+    checkpoints: bool = True  # training checkpoints in OUT_DIR.partial/checkpoint, what --resume goes on from
+    checkpoint_every_tokens: int = 0  # 0: a tenth of the run, at least 50,000 tokens (and after the last step)
 
 
-BARE_FLAGS = ("overwrite", "activation_cache")  # flags that may be given without a value (= true)
+BARE_FLAGS = ("overwrite", "activation_cache", "checkpoints")  # flags that may be given without a value (= true)
 
 
 def split_args(argv: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
