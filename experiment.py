@@ -388,9 +388,10 @@ def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResu
     buffer = loaded.buffer(cfg.training)
     training = dataclasses.asdict(result)
     failures = training_failures(training, cfg.target.d_sae)
-    summary = {"train_loss": training["final"]["loss"], "train_l0": training["final"]["l0"],
-               "train_explained_variance_normalized": training["final"]["explained_variance"],
-               "alive_frac_train": training["final"]["alive_frac"], "n_steps": training["n_steps"],
+    final = training["final"]  # empty for a training stopped at its first step
+    summary = {"train_loss": final.get("loss"), "train_l0": final.get("l0"),
+               "train_explained_variance_normalized": final.get("explained_variance"),
+               "alive_frac_train": final.get("alive_frac"), "n_steps": training["n_steps"],
                "n_tokens": training["n_tokens"]}
     eval_failures, numbers = read_evals(evals)
     failures += eval_failures
@@ -484,9 +485,10 @@ def notes_section(run_name: str, cfg: Config, summary: dict, failures: list[str]
         lines.append(f"Sweep point {json.dumps(cfg.sweep['values'])}, trained on the same batches as {', '.join(others)}")
     lines.append(f"Model {t.model}, hook {t.hook}, d_sae {t.d_sae}, dataset {t.dataset}, {summary['n_tokens']:,} tokens "
                  f"in {summary['n_steps']} steps of {cfg.training.batch_size}, lr {cfg.training.lr}, seed {cfg.training.seed}")
-    lines.append(f"Training (mean of the last steps): loss {summary['train_loss']:.4g}, L0 {summary['train_l0']:.4g}, "
-                 f"explained variance (normalized) {summary['train_explained_variance_normalized']:.4g}, "
-                 f"alive {summary['alive_frac_train']:.4g}")
+    g = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+    lines.append(f"Training (mean of the last steps): loss {g(summary['train_loss'])}, L0 {g(summary['train_l0'])}, "
+                 f"explained variance (normalized) {g(summary['train_explained_variance_normalized'])}, "
+                 f"alive {g(summary['alive_frac_train'])}")
     for name, r in evals.items():
         lines.append(f"{name}: " + ("FAILED: " + r["error"] if r.get("status") == "error" else EVALS[name].headline(r)))
     if failures:

@@ -124,7 +124,7 @@ def plot_sparsity(runs, out: Path) -> Path | None:
         m = [r["info"]["core"]["eval_result_metrics"]["sparsity"] for r in core_runs]
         _bars(axes[0], core_runs, [x["l0"] for x in m], "L0 (held-out)")
         _bars(axes[1], core_runs, [x["l1"] for x in m], "L1 of feature activations (held-out)")
-    _bars(axes[2], runs, [r["info"]["training"]["final"]["dead_frac"] for r in runs], "dead fraction (end of training)")
+    _bars(axes[2], runs, [r["info"]["training"]["final"].get("dead_frac", float("nan")) for r in runs], "dead fraction (end of training)")
     return _save(fig, out / "sparsity.png")
 
 
@@ -299,7 +299,7 @@ def plot_final_metrics(runs, out: Path) -> Path | None:
         return None
     m = [r["info"]["core"]["eval_result_metrics"] for r in runs]
     panels = [
-        ("final training loss", [r["info"]["training"]["final"]["loss"] for r in runs]),
+        ("final training loss", [r["info"]["training"]["final"].get("loss", float("nan")) for r in runs]),
         ("training steps", [r["info"]["training"]["n_steps"] for r in runs]),
         ("explained variance", [x["reconstruction_quality"]["explained_variance"] for x in m]),
         ("MSE per element", [x["reconstruction_quality"]["mse_per_element"] for x in m]),
