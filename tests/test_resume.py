@@ -56,10 +56,14 @@ def killed_when(out_dir: str, cwd: Path, ready) -> None:
 
 
 def steps_done(work: Path) -> int:
-    try:
-        return json.loads((work / "checkpoint" / "complete.json").read_text())["steps_done"]
-    except (OSError, ValueError):
-        return 0
+    """The steps of the checkpoint a resume would read (checkpoint/, else checkpoint.old/ when the run
+    was killed between the two renames); 0 if none."""
+    for name in ("checkpoint", "checkpoint.old"):
+        try:
+            return json.loads((work / name / "complete.json").read_text())["steps_done"]
+        except (OSError, ValueError):
+            continue
+    return 0
 
 
 @pytest.fixture(scope="module")
