@@ -1,6 +1,7 @@
-"""End to end on the embedded model: a run killed with SIGKILL mid-training, or mid-evals, and resumed
-with `--resume` finishes with final_info.json numbers identical to a run never interrupted; two runs
-with the same seed give identical numbers (determinism)."""
+"""End to end on the embedded model: a run killed with SIGKILL mid-training, or mid-evals, interrupted
+with Ctrl-C, or whose disk fills while it writes, and resumed with `--resume` finishes with
+final_info.json numbers identical to a run never interrupted; two runs with the same seed give
+identical numbers (determinism); the guards fail diverging and degenerate runs whichever evals ran."""
 
 import json
 import os
@@ -163,3 +164,25 @@ def test_a_disk_that_fills_while_results_are_written_leaves_no_half_result_and_t
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = numbers(json.loads((cwd / "run_5" / "final_info.json").read_text()))
     assert {k: v for k, v in got.items() if got[k] != expected.get(k)} == {}
+
+
+def test_a_diverging_run_stops_at_its_step_and_is_written_as_failed_with_exit_1(tmp_path):
+    proc = run_experiment("--out_dir=run_0", "--n_tokens=12800", "--batch_size=128", "--seqs_per_fill=32",
+                          "--lr=1e30", "--evals=none", "--activation_cache=false", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    guard = [line for line in proc.stderr.splitlines() if line.startswith("[guard] step")]
+    assert len(guard) == 1 and "the loss term" in guard[0] or "gradient was not finite" in guard[0], proc.stderr[-3000:]
+    info = json.loads((tmp_path / "run_0" / "final_info.json").read_text())
+    assert info["status"] == "failed" and info["failures"][0].startswith("training stopped: step")
+    assert info["training"]["n_steps"] < 100 and "(FAILED)" in (tmp_path / "notes.txt").read_text()
+
+
+def test_a_degenerate_sae_fails_the_run_even_with_no_evals(tmp_path):
+    proc = run_experiment("--out_dir=run_0", "--variant=topk", "--set", "topk.k=3000", "--n_tokens=12800",
+                          "--batch_size=128", "--seqs_per_fill=32", "--log_every=5", "--evals=none",
+                          "--activation_cache=false", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    info = json.loads((tmp_path / "run_0" / "final_info.json").read_text())
+    assert info["status"] == "failed" and any("above half of d_sae (4096)" in f for f in info["failures"])
+    assert info["training"]["flags"][0]["condition"].startswith("L0 is above half of d_sae")
+    assert "[guard] step" in proc.stderr + proc.stdout
