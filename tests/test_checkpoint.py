@@ -167,7 +167,7 @@ def test_degenerate_training_is_flagged_once_it_lasts_a_tenth_of_the_run(capsys)
     assert flags.flagged[0]["from_step"] == 21 and flags.flagged[0]["flagged_at_step"] == 41
     flags.update(60, {"l0": 60.0, "dead_frac": 0.95})  # another condition starts: not yet sustained
     assert len(flags.flagged) == 1
-    assert "[guard] step 41: L0 is 0" in capsys.readouterr().out
+    assert "[guard] step 41: L0 is 0" in capsys.readouterr().err
 
 
 def test_the_final_gate_fails_degenerate_training_whichever_evals_ran():

@@ -171,7 +171,7 @@ def test_a_diverging_run_stops_at_its_step_and_is_written_as_failed_with_exit_1(
                           "--lr=1e30", "--evals=none", "--activation_cache=false", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     guard = [line for line in proc.stderr.splitlines() if line.startswith("[guard] step")]
-    assert len(guard) == 1 and "the loss term" in guard[0] or "gradient was not finite" in guard[0], proc.stderr[-3000:]
+    assert len(guard) == 1 and ("the loss term" in guard[0] or "gradient was not finite" in guard[0]), proc.stderr[-3000:]
     info = json.loads((tmp_path / "run_0" / "final_info.json").read_text())
     assert info["status"] == "failed" and info["failures"][0].startswith("training stopped: step")
     assert info["training"]["n_steps"] < 100 and "(FAILED)" in (tmp_path / "notes.txt").read_text()

@@ -18,6 +18,7 @@ tags of the rows' documents, and activations of extra texts normalized like the 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -160,7 +161,7 @@ class Flags:
                                                        for f in self.flagged):
                 self.flagged.append({"condition": name, "from_step": start + 1, "flagged_at_step": step + 1})
                 tqdm.write(f"[guard] step {step + 1}: {name}, since step {start + 1} (L0 {logged['l0']:.1f}, dead "
-                           f"{logged['dead_frac']:.0%}); unless it recovers the run will be marked failed")
+                           f"{logged['dead_frac']:.0%}); unless it recovers the run will be marked failed", file=sys.stderr)
 
 
 def constrain_decoder(sae) -> None:
@@ -355,7 +356,8 @@ def train_saes(trainings: list[Training], start_step: int = 0, checkpoint=None, 
                 t.step(step, batches[id(t.buffer)])
             except NonFiniteTraining as err:  # this SAE stops here; the others of a sweep go on
                 t.failed = str(err)
-                tqdm.write(f"[guard] SAE {i + 1} of {len(trainings)}: {err}" if len(trainings) > 1 else f"[guard] {err}")
+                tqdm.write(f"[guard] SAE {i + 1} of {len(trainings)}: {err}" if len(trainings) > 1 else f"[guard] {err}",
+                           file=sys.stderr)
                 if on_failure is not None:
                     on_failure(i)
         if all(t.failed for t in trainings):
