@@ -9,6 +9,7 @@ import torch
 from sae_lens.saes.sae import SAEMetadata
 
 from tests.conftest import make_sequences
+from trainers.data import Document
 from trainers import VARIANTS, checkpoint
 from trainers.buffer import ActivationBuffer
 from trainers.trainer import Flags, NonFiniteTraining, Training, TrainSettings, train_saes
@@ -64,10 +65,13 @@ def test_training_resumed_from_a_checkpoint_in_fresh_objects_ends_bit_identical(
     mod = VARIANTS[variant]
     settings = TrainSettings(n_tokens=30 * 16, batch_size=16, log_every=4, seqs_per_fill=6, seed=2)
     seqs = make_sequences(n_seq=60, ctx=9)
+    forget = mod.Config().forget_topic if variant == "orthogonal" else "x"  # orthogonal groups by domain
+    seqs.documents = [Document(d.text, topic=forget if i % 3 == 0 else "Arts") for i, d in enumerate(seqs.documents)]
 
     def fresh():
         torch.manual_seed(settings.seed)
-        sae = mod.build_sae(mod.Config(), 16, 32, settings.n_steps, decoder_init_norm=1.0, metadata=SAEMetadata(**META))
+        cfg = mod.Config(k=8) if variant == "topk" else mod.Config()
+        sae = mod.build_sae(cfg, 16, 32, settings.n_steps, decoder_init_norm=1.0, metadata=SAEMetadata(**META))
         return sae, ActivationBuffer(tiny_model, seqs, [HOOK], seqs_per_fill=6, seed=settings.seed)
 
     sae, buffer = fresh()

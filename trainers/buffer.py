@@ -151,7 +151,7 @@ class ActivationBuffer:
         """Where the buffer stands between two steps: its position in the data, what is queued, every
         random-number state. The stored activations are not saved: load_state_dict computes them again."""
         out = {k: getattr(self, k) for k in self.STATE}
-        return {**{k: v.cpu() if torch.is_tensor(v) else v for k, v in out.items()},
+        return {**{k: v.cpu().clone() if torch.is_tensor(v) else v for k, v in out.items()},  # copies: the buffer goes on
                 "generator": self.generator.get_state(), "n_sequences": len(self.sequences),
                 "hooks": self.hook_names, "seqs_per_fill": self.seqs_per_fill}
 
@@ -165,7 +165,9 @@ class ActivationBuffer:
                                f"run's ({', '.join(f'{k} {v}' for k, v in mine.items())})")
         for k in self.STATE:
             v = state[k]
-            setattr(self, k, v.to(self.device) if torch.is_tensor(v) and k != "order" and k != "rows_served" else v)
+            if torch.is_tensor(v):
+                v = v.clone() if k in ("order", "rows_served") else v.to(self.device, copy=True)  # never shared with `state`
+            setattr(self, k, v)
         self.generator.set_state(state["generator"])
         n_model_tokens = self.n_model_tokens
         for half in (0, 1):

@@ -58,10 +58,15 @@ def save(folder: Path, trainings: list[Training], buffers: dict, steps_done: int
     return final
 
 
+# functions SAELens sets on an SAE from its config (local functions: not picklable), set again on load
+RUNTIME_FUNCTIONS = ("run_time_activation_norm_fn_in", "run_time_activation_norm_fn_out", "reshape_fn_in", "reshape_fn_out")
+
+
 def _save_sae(sae, path: Path) -> None:
     """The whole SAE object, without what belongs to the step in flight (the trainer's StepData, which
-    points at the buffer and the model; a TopK step's active indices)."""
-    held = {k: getattr(sae, k) for k in ("_step_data", "_active") if hasattr(sae, k)}
+    points at the buffer and the model; a TopK step's active indices) and SAELens's functions made
+    from its config."""
+    held = {k: getattr(sae, k) for k in ("_step_data", "_active", *RUNTIME_FUNCTIONS) if k in sae.__dict__}
     try:
         for k in held:
             setattr(sae, k, None)
@@ -71,6 +76,17 @@ def _save_sae(sae, path: Path) -> None:
     finally:
         for k, v in held.items():
             setattr(sae, k, v)
+
+
+def _load_sae(path: Path, device: str):
+    """_save_sae's SAE, with SAELens's functions set again as its constructor sets them."""
+    sae = torch.load(path, map_location=device, weights_only=False)
+    if sae.cfg.reshape_activations == "hook_z":
+        sae.turn_on_forward_pass_hook_z_reshaping()
+    else:
+        sae.turn_off_forward_pass_hook_z_reshaping()
+    sae._setup_activation_normalization()
+    return sae
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -106,8 +122,7 @@ def load(path: Path, device: str) -> dict:
     meta = json.loads((path / MARKER).read_text())
     try:
         out = {"steps_done": meta["steps_done"], "config": meta["config"], "path": path,
-               "saes": [torch.load(path / f"sae_{i}.pt", map_location=device, weights_only=False)
-                        for i in range(meta["n_saes"])],
+               "saes": [_load_sae(path / f"sae_{i}.pt", device) for i in range(meta["n_saes"])],
                "trainings": [torch.load(path / f"training_{i}.pt", weights_only=False) for i in range(meta["n_saes"])],
                "buffers": {int(k): v for k, v in torch.load(path / "buffers.pt", weights_only=False).items()}}
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a damaged checkpoint: one line
