@@ -340,7 +340,7 @@ def evaluate(cfg: Config, loaded: Loaded, sae, stage: Path, rng: tuple | None = 
     None: as it is). `progress`: a file where each finished eval is recorded with the random-number
     state after it, so that a resumed run does not run it again and the next eval starts where it would
     have."""
-    done = {"summaries": {}, "rng": rng or rng_state(), "caches": {}}
+    done = {"summaries": {}, "rng": rng or rng_state(), "bookkeeping": None}
     if progress is not None and progress.exists():
         done = torch.load(progress, weights_only=False)
     context = EvalContext(
@@ -349,7 +349,8 @@ def evaluate(cfg: Config, loaded: Loaded, sae, stage: Path, rng: tuple | None = 
         cache_dir=Path(cfg.system.eval_cache_dir), dataset=cfg.target.dataset,
         held_out_percent=cfg.target.held_out_percent, context_size=cfg.target.context_size,
         model_batch_size=cfg.training.model_batch_size, seed=cfg.training.seed)
-    context.model_only_used.update(done["caches"])
+    if done["bookkeeping"] is not None:
+        context.restore_bookkeeping(done["bookkeeping"])
     set_rng_state(done["rng"])
     summaries = {}
     for name, settings in cfg.evals.items():
@@ -369,7 +370,7 @@ def evaluate(cfg: Config, loaded: Loaded, sae, stage: Path, rng: tuple | None = 
         summaries[name]["wall_time_s"] = time.perf_counter() - t_eval
         if progress is not None:
             done = {"summaries": {**done["summaries"], name: summaries[name]}, "rng": rng_state(),
-                    "caches": context.model_only_used}
+                    "bookkeeping": context.bookkeeping()}
             torch.save(done, progress.with_suffix(".tmp"))
             progress.with_suffix(".tmp").replace(progress)
     return summaries, context

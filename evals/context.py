@@ -87,6 +87,18 @@ class EvalContext:
         self.model_only_used.setdefault(kind, []).append("built")
         return out
 
+    def bookkeeping(self) -> dict:
+        """What the evals so far recorded (texts read, held-out sequences asked for, model-only caches
+        used): saved with a resumable run's finished evals, given back by restore_bookkeeping."""
+        return {"texts_read": set(self.texts_read), "held_out_asked": self._held_out_asked,
+                "model_only_used": {k: list(v) for k, v in self.model_only_used.items()}}
+
+    def restore_bookkeeping(self, state: dict) -> None:
+        self.texts_read |= state["texts_read"]
+        self.model_only_used.update({k: list(v) for k, v in state["model_only_used"].items()})
+        if state["held_out_asked"]:
+            self.held_out(state["held_out_asked"])
+
     def held_out_description(self, training_texts: set[str]) -> dict:
         """What the evals read (for final_info.json's data section), and how many of those texts are
         among `training_texts`, the documents training tokenized (0, or the run fails)."""
