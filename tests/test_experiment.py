@@ -342,7 +342,8 @@ def check_bad_inputs(cases, tmp_path):
         (cwd / "run_1").mkdir(parents=True)
         (cwd / "run_1" / "final_info.json").write_text("{}")
         (cwd / "notes.txt").write_text("## Run 1: relu\n")
-        env = (setup[0](cwd) if setup else None) or {}
+        env = setup[0](cwd) if setup else None
+        env = env if isinstance(env, dict) else {}
         before = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*"))
         procs.append((args, message, cwd, before, subprocess.Popen(
             [sys.executable, str(ROOT / "experiment.py"), "--out_dir=run_9", *args], cwd=cwd,
