@@ -385,7 +385,9 @@ def data_failures(data: dict) -> list[str]:
 
 
 def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResult, evals: dict[str, dict],
-          context: EvalContext, t_start: float) -> int:
+          context: EvalContext, t_start: float, record) -> int:
+    """Writes one run: its final_info.json and notes section made complete under temporary names, then
+    `record()` (the run is listed as written in the work folder), then `commit` renames them into place."""
     buffer = loaded.buffer(cfg.training)
     training = dataclasses.asdict(result)
     failures = training_failures(training, cfg.target.d_sae)
@@ -428,12 +430,8 @@ def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResu
     except OSError:
         notes_tmp.unlink(missing_ok=True)
         raise
-    for name in ("evals_done.pt",):  # resume bookkeeping, not a result
-        (stage / name).unlink(missing_ok=True)
-    if out.exists():
-        shutil.rmtree(out)
-    stage.rename(out)
-    notes_tmp.replace(notes)
+    record()
+    commit(stage, out, notes)
     print(json.dumps(summary, indent=2))
     if failures:
         print("\n*** RUN FAILED, NOT A RESULT: " + "; ".join(failures) + " ***", file=sys.stderr)
@@ -458,8 +456,8 @@ def read_evals(evals: dict[str, dict]) -> tuple[list[str], dict]:
 def training_failures(training: dict, d_sae: int) -> list[str]:
     """Why the training alone makes this run not a result, whichever evals ran: it stopped on a
     non-finite loss or gradient, a final number is not finite, or the SAE is degenerate at the end
-    (L0 0, L0 above half of d_sae, more than 90% of features dead; trainers.trainer.Flags says when
-    it began)."""
+    (L0 0, L0 above half of d_sae, more than 90% of features dead, explained variance below 0;
+    trainers.trainer.Flags says when the first three began)."""
     bad = [] if training["n_steps"] >= 1 else ["0 training steps"]
     if training.get("failed"):
         bad.append(f"training stopped: {training['failed']}")
@@ -474,6 +472,9 @@ def training_failures(training: dict, d_sae: int) -> list[str]:
             bad.append(f"training L0 is {final['l0']:.0f} at the end, above half of d_sae ({d_sae}): not sparse")
         if final.get("dead_frac", 0) > 0.9:
             bad.append(f"{final['dead_frac']:.0%} of features are dead at the end of training")
+        ev = final.get("explained_variance")
+        if isinstance(ev, float) and ev < 0:  # core's gate on held-out text says the same (evals.core.failures)
+            bad.append(f"training explained variance is {ev:.3g} at the end: worse than predicting the mean")
     return bad
 
 
@@ -499,6 +500,20 @@ def notes_section(run_name: str, cfg: Config, summary: dict, failures: list[str]
 
 
 # ---- the stages, in order ---------------------------------------------------------------------
+
+def commit(stage: Path, out: Path, notes: Path) -> None:
+    """Put a recorded run in place: its stage folder becomes OUT_DIR, notes.txt.tmp becomes notes.txt.
+    Each step is done only if still pending, so a resume after a kill at any point in between finishes
+    the job without writing the notes section twice."""
+    if stage.exists():
+        (stage / "evals_done.pt").unlink(missing_ok=True)  # resume bookkeeping, not a result
+        if out.exists():
+            shutil.rmtree(out)
+        stage.rename(out)
+    notes_tmp = notes.with_name(notes.name + ".tmp")
+    if notes_tmp.exists():
+        notes_tmp.replace(notes)
+
 
 def work_folder(out_dir: str | Path) -> Path:
     """OUT_DIR.partial/: where a command works until each of its runs is written (see run)."""
@@ -553,6 +568,7 @@ def run(cfgs: list[Config], argv: list[str], resume: bool = False) -> int:
         trained = train(cfgs, loaded, work, resume)
         for cfg, out, (sae, result, training) in zip(cfgs, outs, trained):
             if out.name in written:
+                commit(work / out.name, out, Path(cfg.system.notes))  # finishes one killed while being put in place
                 print(f"[resume] {out} was written before the interruption, kept")
                 continue
             stage = work / out.name
@@ -563,9 +579,8 @@ def run(cfgs: list[Config], argv: list[str], resume: bool = False) -> int:
                 sae.save_inference_model(stage / "sae")
                 # the RNG state this SAE's evals would meet had it been trained alone
                 evals, context = evaluate(cfg, loaded, sae, stage, training.rng, stage / "evals_done.pt")
-            codes.append(write(cfg, out, stage, loaded, result, evals, context, t_start))
-            written.append(out.name)
-            write_json_atomic(work / "written.json", written)
+            record = lambda: (written.append(out.name), write_json_atomic(work / "written.json", written))  # noqa: E731
+            codes.append(write(cfg, out, stage, loaded, result, evals, context, t_start, record))
         finished = True
     except KeyboardInterrupt:
         if (work / checkpoint.NAME).is_dir() or written:

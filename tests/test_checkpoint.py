@@ -184,3 +184,27 @@ def test_the_final_gate_fails_degenerate_training_whichever_evals_ran():
     assert "above half of d_sae" in training_failures({**ok, "final": {**final, "l0": 51.0}}, 100)[0]
     assert "dead" in training_failures({**ok, "final": {**final, "dead_frac": 0.91}}, 100)[0]
     assert "training stopped: step 6" in training_failures({**ok, "failed": "step 6: ..."}, 100)[0]
+    assert "worse than predicting the mean" in training_failures({**ok, "final": {**final, "explained_variance": -0.2}},
+                                                                 100)[0]
+    assert training_failures({**ok, "final": {**final, "explained_variance": 0.01}}, 100) == []
+
+
+@pytest.mark.parametrize("killed_after", ["record", "rename", "notes"])
+def test_a_run_killed_while_being_put_in_place_is_finished_on_resume_with_one_notes_section(tmp_path, killed_after):
+    from experiment import commit
+
+    stage, out, notes = tmp_path / "run_1.partial" / "run_1", tmp_path / "run_1", tmp_path / "notes.txt"
+    stage.mkdir(parents=True)
+    (stage / "final_info.json").write_text("{}")
+    (stage / "evals_done.pt").write_text("x")
+    notes.write_text("## Run 0\n")
+    (tmp_path / "notes.txt.tmp").write_text("## Run 0\n## Run 1\n")
+    if killed_after in ("rename", "notes"):  # the kill came after the stage folder was renamed
+        stage.rename(out)
+    if killed_after == "notes":  # ... and after the notes were replaced
+        (tmp_path / "notes.txt.tmp").replace(notes)
+    commit(stage, out, notes)  # what --resume does for a run listed in written.json
+    commit(stage, out, notes)  # and again: nothing more happens
+    assert notes.read_text() == "## Run 0\n## Run 1\n"
+    assert (out / "final_info.json").exists() and not stage.exists() and not (tmp_path / "notes.txt.tmp").exists()
+    assert killed_after != "record" or not (out / "evals_done.pt").exists()
