@@ -41,8 +41,8 @@ import torch
 
 from evals.context import EvalContext
 from evals.saebench_glue import formatted_sae, grad_mode_restored, hooks_cleared, write_json_atomic
-from evals.unlearning_loss import (_special_ids, forget_rise_at_tolerance, interpolated_choice, loss_sweep,
-                                   loss_unlearning_score)
+from evals.unlearning_loss import (_special_ids, family, forget_rise_at_tolerance, interpolated_choice, loss_sweep,
+                                   loss_unlearning_score, sweep_point)
 from evals.unlearning_mcq import embedded_mcq, full_scale_mcq
 from trainers import labelled_data
 from trainers.data import is_held_out
@@ -175,16 +175,14 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
                             desc="unlearning sweep (select half)", model_only=model_only, stop_past=s.loss_tolerance)
         loss_unlearning_score(*select, s.loss_tolerance)  # the relative increases of every select row
         chosen = interpolated_choice(select[1], s.loss_tolerance)["chosen"]
-        bracket = [iv for iv in interventions if (iv["retain_threshold"], iv["n_features"]) ==
-                   (chosen["retain_threshold"], chosen["n_features"]) and iv["multiplier"] in chosen["bracket"]]
+        bracket = [iv for iv in interventions if family(iv) == family(chosen) and iv["multiplier"] in chosen["bracket"]]
         scored = loss_sweep(model, sae, bracket, corpus("forget", "score", s.score_forget_rows),
                             corpus("retain", "score", s.score_retain_rows), s.batch_size,
                             desc="unlearning: the chosen family's bracket (score half)", model_only=model_only)
         result["loss"] = held_out_loss_score(select, scored, s.loss_tolerance)
-        measured = {(r["retain_threshold"], r["n_features"], r["multiplier"]) for r in select[1]}
+        measured = [sweep_point(r) for r in select[1]]
         result["loss"]["select_half"]["not_measured_past_tolerance"] = [
-            {k: iv[k] for k in ("retain_threshold", "n_features", "multiplier")} for iv in interventions
-            if (iv["retain_threshold"], iv["n_features"], iv["multiplier"]) not in measured]
+            sweep_point(iv) for iv in interventions if sweep_point(iv) not in measured]
         result["loss"]["data"] = {"split_seed": s.split_seed,
                                   "tokens": {"select": {"forget": s.select_forget_rows * SEQ_LEN,
                                                         "retain": s.select_retain_rows * SEQ_LEN},
@@ -217,7 +215,7 @@ def held_out_loss_score(select: tuple[dict, list[dict]], scored: tuple[dict, lis
     rule = loss_unlearning_score(*select, tolerance)  # adds the relative increases to the select rows
     choice = interpolated_choice(select[1], tolerance)
     curve = sorted(({"retain_loss_increase": r["retain_loss_increase"], "forget_loss_increase": r["forget_loss_increase"],
-                     **{k: r[k] for k in ("retain_threshold", "n_features", "multiplier")}} for r in select[1]),
+                     **sweep_point(r)} for r in select[1]),
                    key=lambda p: p["retain_loss_increase"])
     loss_unlearning_score(*scored, tolerance)  # the relative increases of the bracket rows on the score half
     at = forget_rise_at_tolerance([(r["multiplier"], r["retain_loss_increase"], r["forget_loss_increase"])

@@ -18,12 +18,28 @@ from tqdm.auto import tqdm
 from evals.saebench_glue import features_clamped
 
 
+POINT = ("retain_threshold", "n_features", "multiplier")  # what names a sweep point
+
+
+def sweep_point(iv: dict) -> dict:
+    return {k: iv[k] for k in POINT}
+
+
+def family(iv: dict) -> tuple:
+    """A sweep point's family: the same clamped features (retain threshold, n features) at any multiplier."""
+    return iv["retain_threshold"], iv["n_features"]
+
+
+def relative_rise(loss: float, baseline: float) -> float:
+    return (loss - baseline) / baseline
+
+
 def loss_unlearning_score(baseline: dict, rows: list[dict], tolerance: float) -> dict:
     """baseline: {"forget_loss", "retain_loss"}; rows: one per intervention with the same keys.
     Adds the relative increases to each row and returns the score (see module doc)."""
     for r in rows:
-        r["forget_loss_increase"] = (r["forget_loss"] - baseline["forget_loss"]) / baseline["forget_loss"]
-        r["retain_loss_increase"] = (r["retain_loss"] - baseline["retain_loss"]) / baseline["retain_loss"]
+        r["forget_loss_increase"] = relative_rise(r["forget_loss"], baseline["forget_loss"])
+        r["retain_loss_increase"] = relative_rise(r["retain_loss"], baseline["retain_loss"])
     ok = [r for r in rows if r["retain_loss_increase"] <= tolerance + 1e-12]  # float slack at the boundary
     out = {"tolerance": tolerance, "n_interventions": len(rows), "n_within_tolerance": len(ok)}
     if not ok:
@@ -54,7 +70,7 @@ def interpolated_choice(rows: list[dict], tolerance: float) -> dict:
     relative to the tolerance, and with the noise of the few points near it."""
     families: dict[tuple, list] = {}
     for r in rows:
-        families.setdefault((r["retain_threshold"], r["n_features"]), []).append(
+        families.setdefault(family(r), []).append(
             (r["multiplier"], r["retain_loss_increase"], r["forget_loss_increase"]))
     table = [{"retain_threshold": k[0], "n_features": k[1], **forget_rise_at_tolerance(v, tolerance)}
              for k, v in families.items()]
@@ -127,6 +143,12 @@ def clean_pass(model, sae, tokens: torch.Tensor, batch_size: int, model_only=Non
                  torch.cat(first))
 
 
+def unembed_chunk(d_vocab: int, max_bytes: int = 1 << 31) -> int:
+    """Positions per unembedding product: its fp32 logits and their log-softmax fit in 2 x max_bytes
+    (2,048 positions for a 262k vocabulary)."""
+    return max(1, max_bytes // (4 * d_vocab))
+
+
 @torch.no_grad()
 def _rerun_losses(model, clean: Clean, rows: torch.Tensor, start: torch.Tensor, layer: int, batch_size: int,
                   w_u: torch.Tensor) -> torch.Tensor:
@@ -140,20 +162,28 @@ def _rerun_losses(model, clean: Clean, rows: torch.Tensor, start: torch.Tensor, 
     from transformer_lens.utilities.activation_functions import apply_softcap
 
     out = clean.losses[rows].clone()
-    for i in range(0, len(rows), batch_size):
+    finals, where, targets = [], [], []
+    for i in range(0, len(rows), batch_size):  # the layers after the hook, batch_size rows at a time
         idx, first = rows[i:i + batch_size], start[i:i + batch_size]
-        tokens = clean.tokens[idx]
         final = model(clean.resid[idx].to(model.cfg.device), start_at_layer=layer, stop_at_layer=model.cfg.n_layers)
-        ctx = final.shape[1]
-        pos = torch.arange(ctx - 1)
+        pos = torch.arange(final.shape[1] - 1)
         r, t = torch.nonzero(pos[None, :] >= first[:, None], as_tuple=True)  # (row in batch, position)
-        for j in range(0, len(r), 256):  # bounded logits memory: 256 x d_vocab
-            rj, tj = r[j:j + 256], t[j:j + 256]
-            x = model.ln_final(final[rj, tj][None])
-            logits = apply_softcap(F.linear(x, w_u, model.unembed.b_U), model.cfg.output_logits_soft_cap)[0]
-            targets = tokens[rj, tj + 1].to(logits.device)
-            logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
-            out[i + rj, tj] = -logp.double().cpu()
+        finals.append(final[r, t])
+        where.append((i + r, t))
+        targets.append(clean.tokens[idx][r, t + 1])
+    if not finals:
+        return out
+    final, target = torch.cat(finals), torch.cat(targets).to(model.cfg.device)
+    rr, tt = (torch.cat(w) for w in zip(*where))
+    # The unembedding pooled over every row's positions, in chunks as large as the memory bound allows:
+    # a [chunk, d_model] x [d_model, d_vocab] product runs ~20% faster per position at 2,048 rows than
+    # at 256 on this CPU (each row's numbers are the same; ln_final is per position).
+    chunk = unembed_chunk(model.cfg.d_vocab)
+    for j in range(0, len(final), chunk):
+        x = model.ln_final(final[j:j + chunk][None])
+        logits = apply_softcap(F.linear(x, w_u, model.unembed.b_U), model.cfg.output_logits_soft_cap)[0]
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, target[j:j + chunk, None])[:, 0]
+        out[rr[j:j + chunk], tt[j:j + chunk]] = -logp.double().cpu()
     return out
 
 
@@ -176,11 +206,12 @@ def loss_sweep(model, sae, interventions: list[dict], forget_tokens: torch.Tenso
     multiplier order) are not measured and get no row. Why: the interpolated choice reads each family
     only up to its first point past the tolerance (forget_rise_at_tolerance), so the larger ones cannot
     change it; on the embedded default they were 10 of the select half's 16 interventions."""
-    families: dict[tuple, list] = {}
-    for iv in interventions:
-        families.setdefault((iv["retain_threshold"], iv["n_features"]), []).append(iv["multiplier"])
-    if stop_past is not None and any(m != sorted(m) for m in families.values()):
-        raise ValueError("stop_past needs each family's multipliers in ascending order")
+    if stop_past is not None:
+        multipliers: dict[tuple, list] = {}
+        for iv in interventions:
+            multipliers.setdefault(family(iv), []).append(iv["multiplier"])
+        if any(m != sorted(m) for m in multipliers.values()):
+            raise ValueError("stop_past needs each family's multipliers in ascending order")
     model.reset_hooks()
     corpora = {"forget": forget_tokens, "retain": retain_tokens}
     clean = {name: clean_pass(model, sae, t, batch_size, model_only) for name, t in corpora.items()}
@@ -188,10 +219,9 @@ def loss_sweep(model, sae, interventions: list[dict], forget_tokens: torch.Tenso
     w_u = model.unembed.W_U.T.contiguous() if skip_unaffected else None
     rows, stopped = [], set()
     for iv in tqdm(interventions, desc=desc):
-        family = (iv["retain_threshold"], iv["n_features"])
-        if family in stopped:
+        if family(iv) in stopped:
             continue
-        row = {k: iv[k] for k in ("retain_threshold", "n_features", "multiplier")}
+        row = sweep_point(iv)
         features = [int(f) for f in iv["features"]]
         row.update(n_features_selected=len(features), features=features)
         for name, c in clean.items():
@@ -213,7 +243,6 @@ def loss_sweep(model, sae, interventions: list[dict], forget_tokens: torch.Tenso
             row[f"{name}_rows_rerun"] = int(len(affected))
             row[f"{name}_positions_rerun"] = int((ctx - 1 - start[affected]).sum())  # loss positions recomputed
         rows.append(row)
-        rise = (row["retain_loss"] - baseline["retain_loss"]) / baseline["retain_loss"]  # loss_unlearning_score's
-        if stop_past is not None and rise > stop_past:
-            stopped.add(family)
+        if stop_past is not None and relative_rise(row["retain_loss"], baseline["retain_loss"]) > stop_past:
+            stopped.add(family(iv))
     return baseline, rows

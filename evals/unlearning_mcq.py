@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evals.saebench_glue import features_clamped, write_json_atomic
+from evals.unlearning_loss import sweep_point
 from trainers import labelled_data
 
 ANSWER_LETTERS = ("A", "B", "C", "D")
@@ -140,7 +141,7 @@ def embedded_mcq(model, sae, interventions: list[dict], cache_path, per_subject:
             side = [accuracy([s]) for s in labelled_data.UNLEARN_SIDE_EFFECT_SUBJECTS]
             rows.append({"wmdp-bio": accuracy(labelled_data.UNLEARN_QUESTION_SUBJECTS),
                          "all_side_effects_mcq": float(np.mean(side)),
-                         **{k: iv[k] for k in ("retain_threshold", "n_features", "multiplier")}})
+                         **sweep_point(iv)})
     return {**mcq_unlearning_score(n_known, min_known, rows), **base, "rows": rows}
 
 
