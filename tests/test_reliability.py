@@ -178,13 +178,13 @@ def test_a_diverging_run_stops_at_its_step_and_is_written_as_failed_with_exit_1(
 
 
 def test_a_degenerate_sae_fails_the_run_even_with_no_evals(tmp_path):
-    # an L1 coefficient 100x the default silences the SAE within a few steps (TopK with a huge k does not
-    # make a dense one: its ReLU zeroes the negative pre-activations, L0 929 at k = 3000)
-    proc = run_experiment("--out_dir=run_0", "--set", "relu.l1_coefficient=100", "--n_tokens=12800",
-                          "--batch_size=128", "--seqs_per_fill=32", "--log_every=5", "--evals=none",
-                          "--activation_cache=false", cwd=tmp_path)
+    # a learning rate 750x the default (4e-4) drives every feature silent with a finite loss (measured: L0 0 and
+    # explained variance -0.25 at the end); whether the guard's line comes before the end depends on how long
+    # the silence lasts (tests/test_checkpoint.py tests the flagging itself)
+    proc = run_experiment("--out_dir=run_0", "--lr=0.3", "--n_tokens=12800", "--batch_size=128", "--seqs_per_fill=32",
+                          "--log_every=5", "--evals=none", "--activation_cache=false", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]
     info = json.loads((tmp_path / "run_0" / "final_info.json").read_text())
-    assert info["status"] == "failed" and any("L0 is 0" in f or "are dead" in f for f in info["failures"])
-    assert info["training"]["flags"] and info["training"]["flags"][0]["from_step"] < 50
-    assert "[guard] step" in proc.stderr + proc.stdout
+    assert info["status"] == "failed" and "core" not in info  # failed by the training numbers alone
+    assert any("L0 is 0" in f or "worse than predicting the mean" in f for f in info["failures"]), info["failures"]
+    assert "NOT A RESULT" in (tmp_path / "notes.txt").read_text()
