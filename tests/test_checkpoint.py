@@ -57,11 +57,13 @@ def test_a_buffer_state_from_other_sequences_is_refused(tiny_model):
         b.load_state_dict(a.state_dict())
 
 
-@pytest.mark.parametrize("variant", ["relu", "topk", "temporal", "orthogonal"])
+@pytest.mark.parametrize("variant", ["relu", "topk", "temporal", "orthogonal", "contrastive", "adversarial"])
 def test_training_resumed_from_a_checkpoint_in_fresh_objects_ends_bit_identical(tiny_model, tmp_path, variant):
     """Every piece of state: the SAE, Adam, the LR and L1 schedules, dead-feature counters, the
     variant's own (temporal's queue and RNG draws, orthogonal's EMAs), the buffer's position and the
-    RNG streams."""
+    RNG streams; contrastive's and adversarial's probes and their optimizers."""
+    from trainers.variant_sae import TextPool
+
     mod = VARIANTS[variant]
     settings = TrainSettings(n_tokens=30 * 16, batch_size=16, log_every=4, seqs_per_fill=6, seed=2)
     seqs = make_sequences(n_seq=60, ctx=9)
@@ -72,6 +74,10 @@ def test_training_resumed_from_a_checkpoint_in_fresh_objects_ends_bit_identical(
         torch.manual_seed(settings.seed)
         cfg = mod.Config(k=8) if variant == "topk" else mod.Config()
         sae = mod.build_sae(cfg, 16, 32, settings.n_steps, decoder_init_norm=1.0, metadata=SAEMetadata(**META))
+        if variant == "adversarial":  # its labelled text pool, made here: the tiny model has no tokenizer
+            g = torch.Generator().manual_seed(5)
+            sae.pool = TextPool(torch.rand(12, 4, 16, generator=g), torch.ones(12, 4, dtype=torch.bool))
+            sae.labels = torch.tensor([0.0, 1.0] * 6)
         return sae, ActivationBuffer(tiny_model, seqs, [HOOK], seqs_per_fill=6, seed=settings.seed)
 
     sae, buffer = fresh()
