@@ -132,7 +132,7 @@ def test_the_readme_example_eval_is_one_file_and_one_registry_line(tmp_path):
     text = init.read_text()
     end = text.index("\n}", text.index("EVALS = {"))
     init.write_text(text[:end] + "\n" + registry_line.rstrip() + text[end:])
-    proc = subprocess.run([sys.executable, "experiment.py", "--out_dir=run_1", "--n_tokens=1280", "--batch_size=128",
+    proc = subprocess.run([sys.executable, "experiment.py", "--out_dir=run_1", "--n_tokens=12800", "--batch_size=128",
                            "--seqs_per_fill=32", "--evals=feature_density", "--set", "feature_density.sequences=4"],
                           cwd=copy, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
