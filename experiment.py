@@ -344,7 +344,7 @@ def evaluate(cfg: Config, loaded: Loaded, sae, stage: Path, rng: tuple | None = 
     if progress is not None and progress.exists():
         done = torch.load(progress, weights_only=False)
     context = EvalContext(
-        sae=sae, model=loaded.model, model_name=loaded.model_name, embedded=cfg.target.model == EMBEDDED_MODEL,
+        sae=sae, model=loaded.model, model_name=loaded.model_name, embedded=cfg.target.eval_data == "embedded",
         device=loaded.device, llm_dtype=str(loaded.dtype).removeprefix("torch."), out_dir=stage,
         cache_dir=Path(cfg.system.eval_cache_dir), dataset=cfg.target.dataset,
         held_out_percent=cfg.target.held_out_percent, context_size=cfg.target.context_size,
@@ -376,6 +376,16 @@ def evaluate(cfg: Config, loaded: Loaded, sae, stage: Path, rng: tuple | None = 
     return summaries, context
 
 
+def data_plan(cfg: Config) -> dict:
+    """Per selected eval, the datasets and sizes it will request (its `data_plan`, which reads the same
+    config its `run` uses): printed by --dry_run, recorded in final_info.json under data.eval_data."""
+    plan = {}
+    for name, settings in cfg.evals.items():
+        declared = getattr(EVALS[name], "data_plan", None)
+        plan[name] = declared(cfg.target, settings) if declared else {"source": "not declared by the eval"}
+    return plan
+
+
 # ---- 5. write ---------------------------------------------------------------------------------
 
 def data_failures(data: dict) -> list[str]:
@@ -402,7 +412,7 @@ def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResu
     data = {"train_sequences": len(loaded.train_seqs), "train_documents": len(loaded.train_seqs.documents),
             "trained_on": buffer.served_description(),
             **(context.held_out_description({d.text for d in loaded.train_seqs.documents}) if context else {}),
-            "source": cfg.target.dataset, "activation_cache": dataclasses.asdict(loaded.activation_cache),
+            "source": cfg.target.dataset, "eval_data": data_plan(cfg), "activation_cache": dataclasses.asdict(loaded.activation_cache),
             "eval_model_only_caches": context.model_only_used if context else {}}
     failures += data_failures(data)
     status = "ok" if not failures else "failed"
@@ -637,7 +647,8 @@ def main(argv: list[str]) -> int:
             argv = resumed_argv(argv)
         cfgs = parse_all([a for a in argv if a != "--dry_run"])
         if "--dry_run" in argv:
-            print(json.dumps([cfg.to_json() for cfg in cfgs] if len(cfgs) > 1 else cfgs[0].to_json(), indent=2))
+            shown = [{**cfg.to_json(), "eval_data": data_plan(cfg)} for cfg in cfgs]
+            print(json.dumps(shown if len(shown) > 1 else shown[0], indent=2))
             return 0
         return run(cfgs, [a for a in argv if a != "--dry_run"], resume)
     except (UsageError, ModelError, DataError, BufferError_, VariantSettingError, checkpoint.CheckpointError) as err:

@@ -75,6 +75,14 @@ class _LoadedModel:
         return self.model
 
 
+def data_plan(target, settings: Settings) -> dict:
+    """SAEBench builds absorption's prompts from the model's own vocabulary: a sample per letter on
+    embedded data, the whole vocabulary (SAEBench's stock) otherwise. No dataset is fetched."""
+    embedded = target.eval_data == "embedded"
+    return {"source": "the model's vocabulary" + (" (sampled)" if embedded else " (SAEBench stock: all of it)"),
+            "datasets": [], "words_per_letter": settings.words_per_letter if embedded else "all"}
+
+
 def run(ctx: EvalContext, settings: Settings) -> dict:
     """Writes absorption_eval_results.json (SAEBench schema) and returns a summary; if too few
     letters have a usable probe, the summary says not applicable, with SAEBench's threshold."""

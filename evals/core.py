@@ -238,6 +238,15 @@ def measure_cached(sae, model, recon, sparsity_variance, config, ignore_tokens: 
     return metrics, feature_metrics
 
 
+def data_plan(target, settings: Settings) -> dict:
+    """What core reads, on either data: the held-out documents of the training text (never SAEBench's
+    own stream of that dataset from its start, which is the text training read)."""
+    return {"source": "held-out documents of the training text", "datasets": [target.dataset],
+            "held_out_percent": target.held_out_percent, "context_length": target.context_size,
+            "sequences": settings.batch_size_prompts * max(settings.reconstruction_batches,
+                                                           settings.sparsity_variance_batches)}
+
+
 def run(ctx: EvalContext, settings: Settings) -> dict:
     """Run SAEBench core on the SAE; write core_eval_results.json; return its contents."""
     from datasets import Dataset

@@ -269,6 +269,15 @@ def encode(sae, acts: torch.Tensor, batch: int = 4096) -> torch.Tensor:
     return out.reshape(*acts.shape[:-1], -1)
 
 
+def data_plan(target, settings: Settings) -> dict:
+    """The seeds' own measures read the packaged labelled sets (on any model: no SAEBench counterpart)
+    and held-out documents of the training text."""
+    return {"source": "embedded (evals.labelled_data) + held-out documents of the training text",
+            "datasets": list(labelled_data.PROBING_SETS) + ["wiki_topic_x_language", target.dataset],
+            "docs_per_class": settings.docs_per_class, "sequences": settings.sequences,
+            "domain_texts": settings.domain_texts, "context_length": settings.context_length}
+
+
 def run(ctx: EvalContext, settings: Settings) -> dict:
     """Writes diagnostics.json (the breakdown) and returns the headline numbers."""
     sae, context_length, alpha = ctx.sae, settings.context_length, settings.alpha

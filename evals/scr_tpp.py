@@ -49,34 +49,27 @@ def run_scr_or_tpp(kind: str, ctx: EvalContext, settings: Settings) -> dict:
     import sae_bench.evals.scr_and_tpp.main as scr_main
     import sae_bench.sae_bench_utils.dataset_info as dataset_info
     from sae_bench.evals.scr_and_tpp import eval_output as eo
-    from sae_bench.evals.scr_and_tpp.eval_config import ScrAndTppEvalConfig
 
     if kind not in ("scr", "tpp"):
         raise ValueError(kind)
     model, model_name, device = ctx.model, ctx.model_name, ctx.device
     n_per_cell, context_length = settings.texts_per_cell, settings.context_length
     sae_id, sae = formatted_sae(ctx.sae, device)
-    config = ScrAndTppEvalConfig(model_name=model_name, llm_dtype=ctx.llm_dtype, llm_batch_size=ctx.model_batch_size,
-                                 perform_scr=kind == "scr", n_values=N_VALUES, random_seed=SEED)
+    config = saebench_config(kind, settings, ctx.embedded, model_name=model_name, llm_dtype=ctx.llm_dtype,
+                             llm_batch_size=ctx.model_batch_size)
     data_description = {"stands_in_for": None}
     metadata, column2, classes = {}, {}, {}
     original = dataset_creation.get_train_test_data
     if ctx.embedded:
-        config.context_length = context_length
         if kind == "scr":
             s = ctx.labelled(labelled_data.topic_language_set, n_per_cell, n_per_cell // 2, SCR_TOPICS, SCR_LANGUAGES)
             train = _frame(s.train, s.extra_train["language"])
             test = _frame(s.test, s.extra_test["language"])
-            # SAEBench puts train_set_size // 4 texts in each quadrant and needs strictly more than twice
-            # that in the two aligned quadrants: with n per cell, train_set_size < 2n.
-            config.train_set_size = 2 * (n_per_cell // 2 - 1)
-            config.test_set_size = 2 * (n_per_cell // 4 - 1)
-            config.column1_vals_lookup = {SCR_SET: [SCR_TOPICS]}
             metadata[SCR_SET] = {"text_column_name": "text", "column1_name": "topic", "column2_name": "language",
                                  "column1_mapping": {t: t for t in SCR_TOPICS},
                                  "column2_mapping": {lang: lang for lang in SCR_LANGUAGES}}
             column2[SCR_SET] = SCR_LANGUAGES
-            names, texts = [SCR_SET], (s.train, s.test)
+            texts = s.train, s.test
             data_description = {**s.describe(), "attribute_1": "topic", "attribute_1_values": list(SCR_TOPICS),
                                 "attribute_2_spurious": "language", "attribute_2_values": list(SCR_LANGUAGES),
                                 "biased_probe": f"{SCR_TOPICS[0]}+{SCR_LANGUAGES[0]} vs {SCR_TOPICS[1]}+{SCR_LANGUAGES[1]}"}
@@ -85,7 +78,7 @@ def run_scr_or_tpp(kind: str, ctx: EvalContext, settings: Settings) -> dict:
             classes[TPP_SET] = list(s.classes)
             column2[TPP_SET] = ("unused", "unused")  # SAEBench reads this entry for TPP too
             config.train_set_size, config.test_set_size = len(s.train), len(s.test)
-            names, texts = [TPP_SET], (s.train, s.test)
+            texts = s.train, s.test
             data_description = s.describe()
 
         def offline_get_train_test_data(dataset_name, spurious_corr, train_set_size, test_set_size, random_seed,
@@ -99,11 +92,9 @@ def run_scr_or_tpp(kind: str, ctx: EvalContext, settings: Settings) -> dict:
             return original(dataset_name, spurious_corr, train_set_size, test_set_size, random_seed,
                             column1_vals, column2_vals)
 
-        config.dataset_names = names
         folder = ctx.cache_path(kind, sae.cfg.hook_name, context_length, config.train_set_size, texts)
     else:
         offline_get_train_test_data = original  # SAEBench's stock hub data and sizes
-        names = config.dataset_names
         folder = ctx.cache_path(f"{kind}-hub", sae.cfg.hook_name, config.context_length, config.train_set_size,
                                 config.dataset_names)
 
@@ -132,7 +123,36 @@ def run_scr_or_tpp(kind: str, ctx: EvalContext, settings: Settings) -> dict:
     result_file = f"{kind}_eval_results.json"
     save_output(output, ctx.out_dir / result_file)
     return {"metric_by_n_latents": headline, "metrics": flat, "data": data_description,
-            "datasets": names, "context_length": config.context_length, "result_file": result_file}
+            "datasets": config.dataset_names, "context_length": config.context_length, "result_file": result_file}
+
+
+def saebench_config(kind: str, settings: Settings, embedded: bool, **fields):
+    """SAEBench's config for SCR or TPP: its stock datasets, sizes and context length (the hub data it
+    would fetch), or the offline set's name, context length and, for SCR, the sizes its quadrants allow
+    (TPP's are set from the set once built)."""
+    from sae_bench.evals.scr_and_tpp.eval_config import ScrAndTppEvalConfig
+
+    config = ScrAndTppEvalConfig(perform_scr=kind == "scr", n_values=N_VALUES, random_seed=SEED, **fields)
+    if embedded:
+        config.context_length = settings.context_length
+        config.dataset_names = [SCR_SET if kind == "scr" else TPP_SET]
+        if kind == "scr":
+            # SAEBench puts train_set_size // 4 texts in each quadrant and needs strictly more than twice
+            # that in the two aligned quadrants: with n per cell, train_set_size < 2n.
+            n = settings.texts_per_cell
+            config.train_set_size, config.test_set_size = 2 * (n // 2 - 1), 2 * (n // 4 - 1)
+            config.column1_vals_lookup = {SCR_SET: [SCR_TOPICS]}
+    return config
+
+
+def data_plan(kind: str, target, settings: Settings) -> dict:
+    """The data SCR or TPP would request, from the same config `run_scr_or_tpp` uses (nothing is fetched)."""
+    embedded = target.eval_data == "embedded"
+    config = saebench_config(kind, settings, embedded)
+    sizes = ({"texts_per_cell": settings.texts_per_cell} if embedded and kind == "tpp" else
+             {"train_set_size": config.train_set_size, "test_set_size": config.test_set_size})
+    return {"source": "embedded (evals.labelled_data)" if embedded else "SAEBench stock (hub)",
+            "datasets": list(config.dataset_names), **sizes, "context_length": config.context_length}
 
 
 def headline(r: dict) -> str:

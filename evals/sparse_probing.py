@@ -49,17 +49,15 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
 
     model, model_name, device = ctx.model, ctx.model_name, ctx.device
     sae_id, sae = formatted_sae(ctx.sae, device)
-    base = SparseProbingEvalConfig(model_name=model_name, llm_dtype=ctx.llm_dtype, llm_batch_size=ctx.model_batch_size,
-                                   k_values=K_VALUES, random_seed=SEED)
+    base = saebench_config(settings, ctx.embedded, model_name=model_name, llm_dtype=ctx.llm_dtype,
+                           llm_batch_size=ctx.model_batch_size)
+    names = list(base.dataset_names)
+    sets = {}
     if ctx.embedded:
         sets = {n: ctx.labelled(labelled_data.PROBING_SETS[n], settings.train_per_class, settings.test_per_class)
-                for n in OFFLINE_SETS}
-        names = list(sets)
-        base.context_length = settings.context_length
+                for n in names}
         base.probe_train_set_size = sum(len(s.train) for s in sets.values())
         base.probe_test_set_size = sum(len(s.test) for s in sets.values())
-    else:
-        sets, names = {}, list(base.dataset_names)  # SAEBench's stock hub datasets and sizes
     original_loader = dataset_utils.get_multi_label_train_test_data
 
     def offline_loader(dataset_name, train_set_size, test_set_size, random_seed):
@@ -108,6 +106,29 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
         "context_length": base.context_length,
         "result_file": RESULT_FILE,
     }
+
+
+def saebench_config(settings: Settings, embedded: bool, **fields):
+    """SAEBench's config for this run: its stock dataset list, sizes and context length (the hub data it
+    would fetch), or, on embedded data, the offline sets and `settings.context_length` (their sizes are
+    set from the sets once built)."""
+    from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
+
+    config = SparseProbingEvalConfig(k_values=K_VALUES, random_seed=SEED, **fields)
+    if embedded:
+        config.dataset_names = list(OFFLINE_SETS)
+        config.context_length = settings.context_length
+    return config
+
+
+def data_plan(target, settings: Settings) -> dict:
+    """The data this eval would request, read from the same config `run` uses (nothing is fetched)."""
+    embedded = target.eval_data == "embedded"
+    config = saebench_config(settings, embedded)
+    sizes = ({"train_per_class": settings.train_per_class, "test_per_class": settings.test_per_class} if embedded
+             else {"probe_train_set_size": config.probe_train_set_size, "probe_test_set_size": config.probe_test_set_size})
+    return {"source": "embedded (evals.labelled_data)" if embedded else "SAEBench stock (hub)",
+            "datasets": list(config.dataset_names), **sizes, "context_length": config.context_length}
 
 
 def headline(r: dict) -> str:

@@ -75,6 +75,24 @@ class Settings:
     batch_size: int = 8  # sequences / prompts per LM forward pass
 
 
+def data_plan(target, settings: Settings) -> dict:
+    """The MCQ score's questions and forget/retain corpora: SAEBench's stock (WMDP-bio and its forget
+    corpus, MMLU; an instruction-tuned model only) or the embedded stand-ins. The loss-based score reads
+    the held-out forget/retain Wikipedia summaries on either."""
+    from sae_bench.evals.unlearning.eval_config import UnlearningEvalConfig
+
+    loss_rows = {"select_forget_rows": settings.select_forget_rows, "select_retain_rows": settings.select_retain_rows,
+                 "score_forget_rows": settings.score_forget_rows, "score_retain_rows": settings.score_retain_rows}
+    if target.eval_data == "embedded":
+        return {"source": "embedded (evals.labelled_data)",
+                "datasets": list(labelled_data.UNLEARN_QUESTION_SUBJECTS) + list(labelled_data.UNLEARN_SIDE_EFFECT_SUBJECTS),
+                "questions_per_subject": settings.questions_per_subject, "sparsity_rows": settings.sparsity_rows,
+                **loss_rows}
+    config = UnlearningEvalConfig()
+    return {"source": "SAEBench stock (hub)", "datasets": list(config.dataset_names),
+            "dataset_size": config.dataset_size, **loss_rows}
+
+
 def select_interventions(forget_sparsity, retain_sparsity, multipliers=MULTIPLIERS) -> list[dict]:
     """The sweep: for each (retain threshold, n features, multiplier), the features it clamps."""
     from sae_bench.evals.unlearning.utils import feature_activation as fa

@@ -303,6 +303,9 @@ BAD_INPUTS = [  # (arguments, what the one line must say)
     (["--out_dir=/proc/no/run_9"], "choose an --out_dir in a writable folder"),
     (["--out_dir=a_file"], "is a file", lambda cwd: (cwd / "a_file").write_text("x")),
     (["--dtype=int8"], "unknown dtype"),
+    (["--eval_data=hub"], "--eval_data=hub: choose auto"),
+    (["--model=EleutherAI/pythia-70m-deduped"], "is not in the local Hugging Face cache",
+     lambda cwd: {"HF_HOME": str(cwd.parent / "empty_hf_home"), "HF_HUB_OFFLINE": "1"}),
     (["--device=cuda"], "no CUDA device is visible"),
     (["--resume"], "nothing to resume"),
     (["--hook=blocks.3.hook_nonsense"], "is not a hook of"),
@@ -379,7 +382,9 @@ def dry_run(*args, cwd):
 def test_config_is_built_of_sections_and_eval_settings_are_set_like_variant_settings(tmp_path):
     cfg = dry_run("--variant=topk", "--set", "topk.k=32", "--evals=diagnostics,core", "--set",
                   "core.reconstruction_batches=2", "--n_tokens=5000", "--held_out_percent=20", cwd=tmp_path)
-    assert list(cfg) == ["target", "training", "variant", "evals", "system"]
+    assert list(cfg) == ["target", "training", "variant", "evals", "system", "eval_data"]  # the config, and the
+    # data each eval will request (tests/test_eval_routing.py)
+    assert list(cfg["eval_data"]) == ["core", "diagnostics"] and cfg["target"]["eval_data"] == "embedded"
     assert cfg["target"]["variant"] == "topk" and cfg["target"]["held_out_percent"] == 20
     assert cfg["target"]["hook"] == "blocks.6.hook_resid_post" and cfg["target"]["d_sae"] == 4096  # "auto" resolved
     assert cfg["variant"] == {**dataclasses.asdict(VARIANTS["topk"].Config()), "k": 32}

@@ -34,6 +34,8 @@ class Target:
     data_seed: int = 0  # the order training documents are packed in (which text a run of n_tokens reads);
     # --seed changes the SAE's init and the order rows are served, not the text, so runs of any seed share
     # one activation cache
+    eval_data: str = "auto"  # auto: the offline stand-in sets for the embedded model, SAEBench's own datasets and
+    # sizes for a hub model; stock or embedded to choose (evals/__init__.py; README "Evals and their data")
 
     def resolve(self, variants: dict) -> object:
         """Check the variant's name, fill the "auto" fields from the model's defaults; return the
@@ -46,6 +48,11 @@ class Target:
         self.hook = hook if self.hook == "auto" else self.hook
         self.d_sae = d_sae if self.d_sae == 0 else self.d_sae
         self.dataset = dataset if self.dataset == "auto" else self.dataset
+        if self.eval_data not in ("auto", "stock", "embedded"):
+            raise UsageError(f"--eval_data={self.eval_data}: choose auto (stock data for a hub model, the embedded "
+                             "sets for the embedded one), stock (SAEBench's own hub datasets) or embedded (offline)")
+        if self.eval_data == "auto":
+            self.eval_data = "embedded" if self.model == EMBEDDED_MODEL else "stock"
         return variants[self.variant].Config()
 
 

@@ -127,9 +127,18 @@ def load_model(name: str = EMBEDDED_MODEL, device: str = "cpu", dtype: torch.dty
                 f"unknown model {name!r}; use {EMBEDDED_MODEL} (offline default) or a "
                 f"TransformerLens model name such as {', '.join(HUB_MODELS)}"
             )
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise ModelError(f"model {name!r} needs the Hugging Face hub, but HF_HUB_OFFLINE=1; unset it")
-        model = HookedTransformer.from_pretrained_no_processing(name, dtype=dtype, device=device)
+        # One path for a download and for a model already in the local Hugging Face cache (HF_HOME):
+        # with HF_HUB_OFFLINE=1, transformers and TransformerLens read the cache and never call the hub.
+        try:
+            model = HookedTransformer.from_pretrained_no_processing(name, dtype=dtype, device=device)
+        except OSError as err:  # not in the cache offline, no network, no access to a gated repo
+            where = os.environ.get("HF_HOME", "~/.cache/huggingface")
+            if os.environ.get("HF_HUB_OFFLINE") == "1":
+                raise ModelError(f"model {name!r} is not in the local Hugging Face cache ({where}) and HF_HUB_OFFLINE=1: "
+                                 "download it once with network (unset HF_HUB_OFFLINE) or point HF_HOME at a cache "
+                                 "that holds it") from None
+            raise ModelError(f"model {name!r} could not be loaded from the Hugging Face hub: {str(err).splitlines()[0]}"
+                             " (for a gated model such as Gemma: accept its licence on the hub and set HF_TOKEN)") from None
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
