@@ -53,7 +53,7 @@ from trainers.buffer import ActivationBuffer, BufferError_  # noqa: E402
 from trainers.config import System, Target, UsageError, set_flag, set_named, split_args  # noqa: E402
 from trainers.data import DataError, TokenSequences, build_sequences  # noqa: E402
 from trainers.model import EMBEDDED_MODEL, EMBEDDED_TL_NAME, ModelError, hook_layer, load_model, pick_device, pick_dtype  # noqa: E402
-from trainers import checkpoint  # noqa: E402
+from trainers import checkpoint, distributed  # noqa: E402
 from trainers.trainer import (Training, TrainingFailed, TrainResult, TrainSettings, fold_into_model_space,  # noqa: E402
                               rng_state, set_rng_state, train_saes)
 from trainers.variant_sae import VariantSettingError  # noqa: E402
@@ -240,10 +240,10 @@ class Loaded:
 def load(cfg: Config, hooks: list[str] | None = None) -> Loaded:
     target, training = cfg.target, cfg.training
     hooks = hooks or [target.hook]
-    device = pick_device(cfg.system.device)
+    device = distributed.device_for(pick_device(cfg.system.device))
     dtype = pick_dtype(cfg.system.dtype, device)
-    if device == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+    if device == "cpu":  # under torchrun the node's cores are shared by its processes
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // distributed.local_world()))
     torch.manual_seed(training.seed)
     model = load_model(target.model, device=device, dtype=dtype)
     for hook in hooks:
@@ -264,9 +264,12 @@ def load(cfg: Config, hooks: list[str] | None = None) -> Loaded:
     loaded = Loaded(model, train_seqs, device, dtype, model_name, hooks)
     if cfg.system.activation_cache:
         description = describe(model_name, dtype, device, hooks, train_seqs, "train", target.data_seed)
-        loaded.cache, loaded.activation_cache = open_or_build(
-            model, train_seqs, hooks, description, Path(cfg.system.activation_cache_dir),
-            cfg.system.activation_cache_max_gb, training.model_batch_size)
+        for builder in (True, False):  # under torchrun rank 0 builds a missing cache while the others wait
+            if builder == distributed.is_main():
+                loaded.cache, loaded.activation_cache = open_or_build(
+                    model, train_seqs, hooks, description, Path(cfg.system.activation_cache_dir),
+                    cfg.system.activation_cache_max_gb, training.model_batch_size)
+            distributed.barrier()
     return loaded
 
 
@@ -316,7 +319,8 @@ def train(cfgs: list[Config], loaded: Loaded, work: Path, resume: bool) -> list[
                      for cfg, h in zip(cfgs, hook_index)]
     system, training = cfgs[0].system, cfgs[0].training
     every_tokens = system.checkpoint_every_tokens or max(50_000, training.n_tokens // 10)
-    save = (lambda steps: checkpoint.save(work, trainings, loaded.buffers, steps, config)) if system.checkpoints else None
+    save = ((lambda steps: checkpoint.save(work, trainings, loaded.buffers, steps, config))
+            if system.checkpoints and distributed.is_main() else None)  # torchrun: rank 0 writes
 
     def keep_last_good(i: int) -> None:  # one SAE of several failed; the others' next checkpoints replace this one
         if (work / checkpoint.NAME).is_dir() and len(trainings) > 1:
@@ -425,7 +429,7 @@ def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResu
         "training": training,
         "data": data,
         "environment": {"device": loaded.device, "model_dtype": str(loaded.dtype), "torch": torch.__version__,
-                        "threads": torch.get_num_threads()},
+                        "threads": torch.get_num_threads(), "processes": distributed.world()},
         "wall_time_s": time.perf_counter() - t_start,
         **evals,
     }
@@ -552,6 +556,9 @@ def run(cfgs: list[Config], argv: list[str], resume: bool = False) -> int:
     t_start = time.perf_counter()
     outs = [Path(cfg.system.out_dir) for cfg in cfgs]
     work = work_folder(outs[0])
+    distributed.init(pick_device(cfgs[0].system.device))
+    if not distributed.is_main():
+        return follow(cfgs, work, resume)
     if resume:
         checkpoint.find(work)  # a damaged checkpoint is refused before anything loads
         written = json.loads((work / "written.json").read_text()) if (work / "written.json").exists() else []
@@ -568,6 +575,7 @@ def run(cfgs: list[Config], argv: list[str], resume: bool = False) -> int:
             raise UsageError(f"cannot create {work}/ ({err.strerror}): choose an --out_dir in a writable folder") from None
         write_json_atomic(work / "command.json", argv)
         written = []
+    distributed.barrier()  # torchrun: the other ranks start once the work folder is ready
     codes, finished = [], False
     try:
         hooks = list(dict.fromkeys(cfg.target.hook for cfg in cfgs))
@@ -613,6 +621,16 @@ def run(cfgs: list[Config], argv: list[str], resume: bool = False) -> int:
     return max(codes) if codes else 0
 
 
+def follow(cfgs: list[Config], work: Path, resume: bool) -> int:
+    """A torchrun rank other than 0: train its share beside rank 0 (trainers/distributed.py), then stop;
+    rank 0 writes the checkpoints, evaluates and writes the runs."""
+    distributed.barrier()  # rank 0 has checked the out_dirs and made the work folder
+    loaded = load(cfgs[0], list(dict.fromkeys(cfg.target.hook for cfg in cfgs)))
+    train(cfgs, loaded, work, resume)
+    distributed.close()
+    return 0
+
+
 def resumed_argv(argv: list[str]) -> list[str]:
     """The interrupted command's flags, from OUT_DIR.partial/command.json (--resume takes only --out_dir)."""
     rest = [a for a in argv if a != "--resume"]
@@ -650,7 +668,10 @@ def main(argv: list[str]) -> int:
             shown = [{**cfg.to_json(), "eval_data": data_plan(cfg)} for cfg in cfgs]
             print(json.dumps(shown if len(shown) > 1 else shown[0], indent=2))
             return 0
-        return run(cfgs, [a for a in argv if a != "--dry_run"], resume)
+        try:
+            return run(cfgs, [a for a in argv if a != "--dry_run"], resume)
+        finally:
+            distributed.close()
     except (UsageError, ModelError, DataError, BufferError_, VariantSettingError, checkpoint.CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from trainers import distributed
 from trainers.data import TokenSequences
 from trainers.model import hook_layer
 
@@ -108,7 +109,11 @@ class ActivationBuffer:
         return torch.cat(picked)
 
     def _acts_of(self, seq_ids: torch.Tensor) -> torch.Tensor:
-        """[n, seq_len, n_hooks, d] unnormalized activations of these sequences."""
+        """[n, seq_len, n_hooks, d] unnormalized activations of these sequences. Under torchrun each rank
+        computes (or reads) its share and the shares are gathered (trainers/distributed.py)."""
+        return distributed.gather_fill(seq_ids, self._my_acts)
+
+    def _my_acts(self, seq_ids: torch.Tensor) -> torch.Tensor:
         if self.cache is not None:  # the same activations, read from disk instead of computed
             return self.cache.fetch(seq_ids).to(self.device)
         return self._model_acts(self.sequences.tokens[seq_ids])

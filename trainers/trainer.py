@@ -27,8 +27,8 @@ from sae_lens.config import SAETrainerConfig
 from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
+from trainers import distributed
 from trainers.buffer import ActivationBatch, ActivationBuffer
-from trainers.metrics import explained_variance
 from trainers.model import text_activations
 
 
@@ -124,12 +124,12 @@ class NonFiniteTraining(TrainingFailed):
     """A loss term or a gradient stopped being finite (the step and the term are in the message)."""
 
 
-def check_finite(step: int, out, sae) -> None:
-    """Stop at the first step whose loss, one of its terms, or the update (a non-finite gradient makes
-    the parameters non-finite) is not finite, naming it."""
-    for name, value in {**out.losses, "loss": out.loss}.items():
-        if not torch.isfinite(value).all():
-            raise NonFiniteTraining(f"step {step + 1}: the loss term {name} is {value.sum().item()}; lower --lr "
+def check_finite(step: int, losses: dict, sae) -> None:
+    """Stop at the first step whose loss, one of its terms (`losses`: name -> number), or the update (a
+    non-finite gradient makes the parameters non-finite) is not finite, naming it."""
+    for name, value in losses.items():
+        if not math.isfinite(value):
+            raise NonFiniteTraining(f"step {step + 1}: the loss term {name} is {value}; lower --lr "
                                     "or the variant's coefficients")
     bad = [name for name, p in sae.named_parameters() if not torch.isfinite(p).all()]
     if bad:
@@ -204,6 +204,7 @@ class Training:
                 sae.b_dec.data = buffer.mean_activation(hook_index).to(sae.b_dec)
             renormalize_decoder(sae)
         constrain_decoder(sae)
+        self.grad_sync = distributed.GradientAverage(sae)  # under torchrun: gradients averaged over ranks
         self.trainer = SAETrainer(
             cfg=SAETrainerConfig(
                 total_training_samples=self.n_steps * settings.batch_size,
@@ -255,18 +256,19 @@ class Training:
             self.begin_step(StepData(batch=batch, step=step, source=self.buffer, hook_index=self.hook_index))
         out = trainer.step(batch.acts[:, self.hook_index].float().contiguous())  # one hook of several: a strided view, whose products round otherwise
         trainer.n_training_steps += 1
+        distributed.merge_dead_counters(trainer.n_forward_passes_since_fired)
         renormalize_decoder(sae)
-        loss = out.loss.item()
-        check_finite(step, out, sae)
         with torch.no_grad():
             row = {
-                "loss": loss,
+                "loss": out.loss.item(),
                 "l0": (out.feature_acts > 0).float().sum(-1).mean().item(),
                 "l1_norm": out.feature_acts.abs().sum(-1).mean().item(),
-                "explained_variance": explained_variance(out.sae_in, out.sae_out),
-                **{name: v.item() for name, v in out.losses.items()},
+                "explained_variance": distributed.explained_variance(out.sae_in, out.sae_out),
+                **{name: v.sum().item() for name, v in out.losses.items()},
                 **getattr(sae, "step_metrics", {}),  # a variant's own per-step numbers
             }
+        row = distributed.mean_over_ranks(row)  # under torchrun: the whole batch's numbers, the same on every rank
+        check_finite(step, {**{name: row[name] for name in out.losses}, "loss": row["loss"]}, sae)
         for k, v in row.items():
             self.per_step.setdefault(k, []).append(v)
         self.last_row = row
@@ -303,7 +305,7 @@ class Training:
             n_tokens=n_steps * settings.batch_size,
             wall_time_s=wall,
             tokens_per_s=n_steps * settings.batch_size / max(wall, 1e-9),
-            model_tokens=self.buffer.n_model_tokens,
+            model_tokens=round(distributed.mean_over_ranks({"n": self.buffer.n_model_tokens})["n"] * distributed.world()),
             epochs_started=self.buffer.epochs_started,
             curves=self.curves,
             final=final,
@@ -348,7 +350,7 @@ def train_saes(trainings: list[Training], start_step: int = 0, checkpoint=None, 
     for t in trainings:
         t.first_step = start_step
     for step in bar:
-        batches = {id(b): b.next_batch(batch_size) for b in buffers}
+        batches = {id(b): distributed.my_share(b.next_batch(batch_size)) for b in buffers}  # torchrun: this rank's rows
         for i, t in enumerate(trainings):
             if t.failed:
                 continue
@@ -368,6 +370,8 @@ def train_saes(trainings: list[Training], start_step: int = 0, checkpoint=None, 
                             tok_s=f"{(step + 1 - start_step) * batch_size / (time.perf_counter() - start):.0f}")
         if checkpoint is not None and ((checkpoint_every and (step + 1) % checkpoint_every == 0) or step == n_steps - 1):
             checkpoint(step + 1)
+    for t in trainings:
+        t.grad_sync.release()
     return [t.result() for t in trainings]
 
 
