@@ -32,12 +32,30 @@ from pathlib import Path
 
 def offline_unless_hub_requested(argv: list[str]) -> None:
     """The embedded default needs no hub: say so before transformers/datasets are imported (they read
-    these at import time), else every hub name they look up costs ~23 s of retries."""
+    these at import time), else every hub name they look up costs ~23 s of retries. A --dataset that is a
+    local path asks for no hub either."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("JAXTYPING_DISABLE", "1")  # jaxtyping + beartype shape-table clash (ENVIRONMENT.md)
-    if not any(a.startswith(("--model", "--dataset")) for a in argv):
+
+    def asks_for_hub(i: int, arg: str) -> bool:
+        if arg.startswith("--model"):
+            return True
+        if not arg.startswith("--dataset"):
+            return False
+        value = arg.partition("=")[2] if "=" in arg else argv[i + 1] if i + 1 < len(argv) else ""
+        return not names_local_path(value)
+
+    if not any(asks_for_hub(i, a) for i, a in enumerate(argv)):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def names_local_path(dataset: str) -> bool:
+    """trainers.data.is_local's rule, repeated here: that module cannot be imported before the variables
+    above are set (importing trainers imports transformers). tests/test_local_corpora.py checks they agree."""
+    return dataset != "wiki-summaries-en" and (os.path.exists(os.path.expanduser(dataset))
+                                              or dataset.startswith(("/", "./", "../", "~"))
+                                              or dataset.lower().endswith((".jsonl", ".json", ".parquet", ".txt")))
 
 
 if __name__ == "__main__":  # before the imports below; importing this file as a module changes nothing
@@ -256,7 +274,8 @@ def load(cfg: Config, hooks: list[str] | None = None) -> Loaded:
         raise UsageError(f"--context_size={ctx} is beyond {target.model}'s context of {model.cfg.n_ctx} tokens")
     n_seqs = training.sequences_needed(ctx)
     train_seqs = build_sequences(target.dataset, model.tokenizer, "train", ctx, max_tokens=n_seqs * ctx,
-                                 held_out_percent=target.held_out_percent, shuffle_seed=target.data_seed)
+                                 held_out_percent=target.held_out_percent, shuffle_seed=target.data_seed,
+                                 text_field=target.text_field)
     if len(train_seqs) < n_seqs:
         print(f"[data] note: {target.dataset} train split has {len(train_seqs):,} sequences of {ctx} tokens; "
               f"{n_seqs:,} would serve {training.n_tokens:,} tokens without repeats, so some rows are served again")
@@ -352,7 +371,7 @@ def evaluate(cfg: Config, loaded: Loaded, sae, stage: Path, rng: tuple | None = 
         device=loaded.device, llm_dtype=str(loaded.dtype).removeprefix("torch."), out_dir=stage,
         cache_dir=Path(cfg.system.eval_cache_dir), dataset=cfg.target.dataset,
         held_out_percent=cfg.target.held_out_percent, context_size=cfg.target.context_size,
-        model_batch_size=cfg.training.model_batch_size, seed=cfg.training.seed)
+        model_batch_size=cfg.training.model_batch_size, seed=cfg.training.seed, text_field=cfg.target.text_field)
     if done["bookkeeping"] is not None:
         context.restore_bookkeeping(done["bookkeeping"])
     set_rng_state(done["rng"])

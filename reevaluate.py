@@ -67,6 +67,8 @@ def resolve(argv: list[str]) -> tuple[Path, experiment.Config, dict, bool]:
     selected = next((experiment.selected_evals(v) for k, v in flags if k == "evals"), experiment.DEFAULT_EVALS)
     try:
         args = [f"--{name}={info['config'][section][name]}" for section, names in SOURCE_FLAGS.items() for name in names]
+        # the text's column (runs written before --text_field existed read "text")
+        args.append(f"--text_field={info['config']['target'].get('text_field', 'text')}")
     except (KeyError, TypeError):
         raise UsageError(f"{info_file} holds no complete config: not a run of this harness") from None
     for name in selected:  # the run's own settings first, so that --set given here wins

@@ -33,6 +33,7 @@ class EvalContext:
     context_size: int
     model_batch_size: int  # sequences per LM forward pass
     seed: int  # the run's seed
+    text_field: str = "text"  # the dataset's column holding the text (--text_field)
     _held_out: TokenSequences | None = field(default=None, repr=False)
     _held_out_asked: int = field(default=0, repr=False)  # the most sequences any eval has asked for
     texts_read: set[str] = field(default_factory=set, repr=False)  # every labelled text handed to an eval
@@ -59,7 +60,8 @@ class EvalContext:
         if n_sequences > self._held_out_asked:
             self._held_out = build_sequences(self.dataset, self.model.tokenizer, "held_out", self.context_size,
                                              max_tokens=n_sequences * self.context_size,
-                                             held_out_percent=self.held_out_percent, shuffle_seed=HELD_OUT_ORDER_SEED)
+                                             held_out_percent=self.held_out_percent, shuffle_seed=HELD_OUT_ORDER_SEED,
+                                             text_field=self.text_field)
             self._held_out_asked = n_sequences
         return self._held_out.tokens[:n_sequences]
 

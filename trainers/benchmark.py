@@ -35,7 +35,7 @@ from trainers import VARIANTS  # noqa: E402
 from trainers.activation_cache import describe, open_or_build  # noqa: E402
 from trainers.buffer import ActivationBuffer  # noqa: E402
 from trainers.config import System, Target, UsageError, set_flag, set_named, split_args  # noqa: E402
-from trainers.data import build_sequences  # noqa: E402
+from trainers.data import DataError, build_sequences  # noqa: E402
 from trainers.model import hook_layer, load_model, pick_device, pick_dtype  # noqa: E402
 from trainers.trainer import Training, TrainSettings, train_sae, train_saes  # noqa: E402
 
@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
     model = load_model(target.model, device=device, dtype=pick_dtype(system.dtype, device))
     layer = hook_layer(target.hook, model.cfg.n_layers)
     seqs = build_sequences(target.dataset, model.tokenizer, "train", target.context_size, max_tokens=4 * bench_tokens,
-                           held_out_percent=target.held_out_percent)
+                           held_out_percent=target.held_out_percent, text_field=target.text_field)
     mb, ctx, hook = training.model_batch_size, target.context_size, target.hook
     print(f"model {target.model} on {device}, hook {hook} (stop_at_layer={layer + 1} of {model.cfg.n_layers}), "
           f"LM batch {mb} x {ctx} tokens, SAE batch {training.batch_size} x d_in {model.cfg.d_model} -> "
@@ -203,6 +203,6 @@ def topk_decoders(d_in: int, d_sae: int, prefilled, settings: TrainSettings, dev
 if __name__ == "__main__":
     try:
         sys.exit(main(sys.argv[1:]))
-    except UsageError as err:
+    except (UsageError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

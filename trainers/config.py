@@ -13,6 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from trainers.data import check_local, is_local
 from trainers.model import EMBEDDED_MODEL, MODEL_DEFAULTS
 
 
@@ -26,7 +27,10 @@ class Target:
 
     variant: str = "relu"  # one of trainers.VARIANTS
     model: str = EMBEDDED_MODEL  # or a TransformerLens hub name, e.g. google/gemma-2-2b
-    dataset: str = "auto"  # auto: the model's default (embedded corpus offline, the Pile at full scale)
+    dataset: str = "auto"  # auto: the model's default (embedded corpus offline, the Pile at full scale); or a hub
+    # name, or a local .jsonl/.json/.parquet/.txt file, a folder of them or a save_to_disk folder (trainers/data.py),
+    # recorded resolved (absolute)
+    text_field: str = "text"  # the column holding the text (hub and local datasets; the embedded corpus ignores it)
     hook: str = "auto"  # e.g. blocks.6.hook_resid_post
     d_sae: int = 0  # 0: the model's default
     context_size: int = 128
@@ -38,8 +42,10 @@ class Target:
     # sizes for a hub model; stock or embedded to choose (evals/__init__.py; README "Evals and their data")
 
     def resolve(self, variants: dict) -> object:
-        """Check the variant's name, fill the "auto" fields from the model's defaults; return the
-        variant's default settings (its `Config()`)."""
+        """Check the variant's name, fill the "auto" fields from the model's defaults (a --dataset given
+        replaces the model's default, a local path as well as a hub name), check a local dataset cheaply
+        (`trainers.data.check_local`: it exists, its format, its --text_field column) and record it as an
+        absolute path; return the variant's default settings (its `Config()`)."""
         if self.variant not in variants:
             raise UsageError(f"unknown variant {self.variant!r}; choose one of {', '.join(variants)}")
         if self.model not in MODEL_DEFAULTS and ("auto" in (self.hook, self.dataset) or self.d_sae == 0):
@@ -53,6 +59,8 @@ class Target:
                              "sets for the embedded one), stock (SAEBench's own hub datasets) or embedded (offline)")
         if self.eval_data == "auto":
             self.eval_data = "embedded" if self.model == EMBEDDED_MODEL else "stock"
+        if is_local(self.dataset):
+            self.dataset = check_local(self.dataset, self.text_field)
         return variants[self.variant].Config()
 
 
