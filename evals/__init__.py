@@ -8,7 +8,9 @@ An eval module has:
   model, held-out text, the output and cache folders), write its own JSON into context.out_dir, and
   return the summary that goes into final_info.json under its name;
 - `headline(summary) -> str`: the one line of numbers notes.txt gets;
-and, where it has them, `key_numbers(summary) -> dict` (numbers lifted into final_info.json's
+and, where it has them, `data_plan(target, settings) -> dict` (the datasets and sizes it will request
+for this run's `target.eval_data`, "stock" or "embedded", read from the config its `run` uses: printed by
+--dry_run, recorded in final_info.json under data.eval_data), `key_numbers(summary) -> dict` (numbers lifted into final_info.json's
 summary) and `failures(summary) -> list[str]` (why this SAE is not a result: the run is marked failed).
 Adding an eval is its file plus one line below.
 
