@@ -33,6 +33,26 @@ def torchrun(*args, cwd, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kwargs)
 
 
+def kill_all(pid: int) -> None:
+    """SIGKILL torchrun and its ranks (torchrun starts each rank in a session of its own: killing its
+    process group would leave the ranks training)."""
+    ranks = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    for p in [*ranks, str(pid)]:
+        try:
+            os.kill(int(p), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for p in ranks:  # gone before the resume starts
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if "zombie" in Path(f"/proc/{p}/status").read_text():
+                    break
+            except OSError:  # reaped
+                break
+            time.sleep(0.05)
+
+
 def weights(run: Path) -> dict:
     return load_file(next((run / "sae").glob("*.safetensors")))
 
@@ -81,7 +101,7 @@ def test_a_torchrun_run_killed_mid_training_resumes_under_torchrun_to_the_same_n
     while steps_done(work) < 30 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+    kill_all(proc.pid)
     proc.wait()
     assert 30 <= steps_done(work) < 100 and not (runs / "run_3").exists()
     resumed = torchrun("--out_dir=run_3", "--resume", cwd=runs)
