@@ -14,6 +14,7 @@ variant_terms.png    each variant's extra loss term over training (and TopK's au
 diagnostics.png      the seeds' diagnostics per run: NMI, silhouette, MIG, feature correlation, decoder cosine,
                      forget/retain separation, auto-correlation by lag, firing mutual information
 final_metrics.png    the seeds' own summary figure: final training loss and steps, explained variance, MSE, KL
+index.html           one page for everything: the runs table, every figure, and a link to each run's feature pages
 runs_table.md        one row per run: variant, settings changed from the defaults, L0, EV, CE/KL score, diagnostics;
                      with >= 3 baseline seeds of one budget: their mean, spread, and "~" on numbers within it
 A run without a core eval is left out of the figures that need it; a failed run is labelled so.
@@ -407,6 +408,37 @@ def write_table(runs, out: Path) -> Path:
     return path
 
 
+def write_index(runs, out: Path, written: list[Path]) -> Path:
+    """figures/index.html: the runs table, each run's feature pages (evals/features.py) and every figure,
+    with relative links, so the folder opens from disk with no network."""
+    import html
+    import os
+
+    table = (out / "runs_table.md").read_text().splitlines()
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table if line.startswith("|")]
+    note = [line for line in table if line and not line.startswith("|")]
+    cells = lambda row, tag: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
+    table_html = ("<table><tr>" + cells(rows[0], "th") + "</tr>" +
+                  "".join("<tr>" + cells(r, "td") + "</tr>" for r in rows[2:]) + "</table>" +
+                  "".join(f"<p>{html.escape(n)}</p>" for n in note))
+    links = []
+    for r in runs:
+        page = Path(r["name"]) / "features" / "index.html"
+        target = (f"<a href='{html.escape(os.path.relpath(page, out))}'>feature pages</a>" if page.exists()
+                  else "<span class=dim>no feature pages (run without the features eval)</span>")
+        links.append(f"<li>{html.escape(r['label'])}: {target}</li>")
+    figures = "".join(f"<h3>{html.escape(p.stem)}</h3><img src='{html.escape(p.name)}' alt='{html.escape(p.stem)}'>"
+                      for p in written if p.suffix == ".png")
+    path = out / "index.html"
+    path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>SAE runs</title><style>
+body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} table{{border-collapse:collapse;font-size:13px}}
+td,th{{border-bottom:1px solid #ddd;padding:3px 7px;text-align:left}} th{{background:#f4f4f4}}
+img{{max-width:100%;border:1px solid #eee}} .dim{{color:#888}}</style></head><body>
+<h1>SAE runs ({len(runs)})</h1><h2>Runs table</h2>{table_html}
+<h2>Feature pages</h2><ul>{"".join(links)}</ul><h2>Figures</h2>{figures}</body></html>""")
+    return path
+
+
 def main(argv: list[str]) -> int:
     opts = {"runs_glob": "run_*", "out": "figures"}
     for arg in argv:
@@ -424,6 +456,7 @@ def main(argv: list[str]) -> int:
     figures = (plot_training_curves, plot_core_metrics, plot_sparsity, plot_l0_vs_ce, plot_sparse_probing,
                plot_unlearning, plot_scr_tpp_absorption, plot_variant_terms, plot_diagnostics, plot_final_metrics)
     written = [p for p in (f(runs, out) for f in figures) if p] + [write_table(runs, out)]
+    written.append(write_index(runs, out, written))
     print(f"{len(runs)} runs -> " + ", ".join(str(p) for p in written))
     return 0
 

@@ -27,5 +27,6 @@ EVALS = {
     "scr": import_module("evals.scr"),
     "tpp": import_module("evals.tpp"),
     "absorption": import_module("evals.absorption"),
+    "features": import_module("evals.features"),
 }
-DEFAULT_EVALS = ("core", "diagnostics", "sparse_probing", "unlearning")
+DEFAULT_EVALS = ("core", "diagnostics", "sparse_probing", "unlearning", "features")

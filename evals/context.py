@@ -65,6 +65,12 @@ class EvalContext:
             self._held_out_asked = n_sequences
         return self._held_out.tokens[:n_sequences]
 
+    def held_out_documents(self, n_sequences: int) -> tuple[torch.Tensor, list]:
+        """(doc_index [n, context_size] of the first `n_sequences` held-out sequences (-1 at BOS), the
+        documents it indexes): which held-out document, and so which topic, each token comes from."""
+        self.held_out(n_sequences)
+        return self._held_out.doc_index[:n_sequences], self._held_out.documents
+
     def cache_path(self, kind: str, *depends_on) -> Path:
         """Where a model-only cache lives: named by everything it depends on (the model, its dtype, the
         device kind, and `depends_on`: hook, context length, the exact texts, ...), so a cache made

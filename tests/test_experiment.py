@@ -33,6 +33,7 @@ TINY_EVALS = {  # every eval on a tiny budget
     "scr": ["texts_per_cell=24", "context_length=32"],
     "tpp": ["texts_per_cell=24", "context_length=32"],
     "absorption": ["words_per_letter=6"],
+    "features": ["sequences=8", "frequent=3", "random=2", "per_group=2"],
 }
 
 

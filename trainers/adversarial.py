@@ -104,6 +104,11 @@ class AdversarialSAE(VariantSAE):
         self.labels: torch.Tensor | None = None
         self.accuracy = self.threshold = self.sim_mean = self.sim_std = None
 
+    def feature_groups(self) -> dict[str, list[int]]:
+        """The features the spurious probe weighs most, most first (features pages): the spurious set's
+        candidates (the set itself is recomputed from each batch's attributions)."""
+        return {"adversarial spurious set (largest probe weight)": self.probe.weight.abs().argsort(descending=True).tolist()}
+
     def extra_loss(self, data: StepData, step_input, feature_acts, sae_out, losses) -> torch.Tensor:
         c = self.variant_cfg
         if self.pool is None:

@@ -108,6 +108,10 @@ class ContrastiveSAE(VariantSAE):
             rescale = min(max(wanted, 1 / c.max_rescale), c.max_rescale)
         return c.weight * linear_ramp(step, int(c.curriculum_frac * self.n_steps)) * rescale
 
+    def feature_groups(self) -> dict[str, list[int]]:
+        """The contrastive head's strongest inputs (its weight columns by norm), most first (features pages)."""
+        return {"contrastive head's strongest inputs": self.head.weight.detach().norm(dim=0).argsort(descending=True).tolist()}
+
     def extra_loss(self, data: StepData, step_input, feature_acts, sae_out, losses) -> torch.Tensor:
         c = self.variant_cfg
         nce = self.neighbour_nce(data, feature_acts)

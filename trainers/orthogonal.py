@@ -99,6 +99,17 @@ class OrthogonalSAE(VariantSAE):
             return kmeans_groups(self.stats, c.kmeans_iters)
         return domain_groups(self.stats["forget"]["freq"], self.stats["retain"]["freq"], c.alpha)
 
+    def feature_groups(self) -> dict[str, list[int]]:
+        """Its forget and retain groups, each by forget (retain) firing frequency, most first (features pages)."""
+        groups = self.groups()
+        if groups is None:
+            return {}
+        out = {}
+        for name, mask, domain in (("orthogonal forget group", groups[0], "forget"), ("orthogonal retain group", groups[1], "retain")):
+            freq = self.stats[domain]["freq"]
+            out[name] = [i for i in freq.argsort(descending=True).tolist() if mask[i]]
+        return out
+
     def extra_loss(self, data: StepData, step_input, feature_acts, sae_out, losses) -> torch.Tensor:
         c = self.variant_cfg
         if data.step == 0 and c.forget_topic not in data.topics():
