@@ -87,7 +87,7 @@ def feature_statistics(sae, acts: torch.Tensor, doc_index: torch.Tensor, topics:
     a, b = f[:, :-1][same_doc], f[:, 1:][same_doc]  # [pairs, d_sae]
     a, b = a - a.mean(0), b - b.mean(0)
     lag1 = (a * b).sum(0) / (a.norm(dim=0) * b.norm(dim=0)).clamp_min(1e-12)
-    return {"firing_rate": fired / len(flat), "max_act": max_act, "lag1": lag1, "fired": fired,
+    return {"firing_rate": fired / len(flat), "max_act": max_act, "lag1": lag1, "fired": fired, "f": f,
             "topics": topic_names, "per_topic": per_topic / tokens_per_topic.clamp_min(1)[:, None]}
 
 
@@ -132,10 +132,10 @@ def decoder_facts(sae, model, features: list[int], k_tokens: int, k_neighbours: 
 
 
 @torch.no_grad()
-def top_tokens(sae, acts: torch.Tensor, tokens: torch.Tensor, features: list[int], tokenizer, k: int = 5) -> dict:
-    """Per feature: the distinct tokens at its highest activations on the held-out text."""
-    flat, ids = acts.reshape(-1, acts.shape[-1]), tokens.reshape(-1)
-    f = torch.cat([sae.encode(c.to(sae.device, sae.dtype))[:, features].float().cpu() for c in flat.split(4096)])
+def top_tokens(feature_acts: torch.Tensor, tokens: torch.Tensor, features: list[int], tokenizer, k: int = 5) -> dict:
+    """Per feature: the distinct tokens at its highest activations on the held-out text
+    (feature_acts [n_seq, T, d_sae], as feature_statistics returns them)."""
+    f, ids = feature_acts.reshape(-1, feature_acts.shape[-1])[:, features], tokens.reshape(-1)
     out = {}
     for i, feature in enumerate(features):
         seen: list[str] = []
@@ -194,7 +194,7 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     chosen = choose(stats, groups, settings)
     features = list(chosen)
     facts = decoder_facts(sae, model, features, 10, settings.neighbours)
-    fires_on = top_tokens(sae, acts, tokens[:, 1:], features, model.tokenizer)
+    fires_on = top_tokens(stats["f"], tokens[:, 1:], features, model.tokenizer)
     pages = dashboard(sae, model, tokens, features, folder)
     rows = [{"feature": f, "chosen_as": chosen[f], "firing_rate": float(stats["firing_rate"][f]),
              "max_activation": float(stats["max_act"][f]), "lag1_autocorrelation": float(stats["lag1"][f]),
@@ -205,12 +205,16 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     reasons = sorted({r for rs in chosen.values() for r in rs})
     return {"features": len(features), "index": f"{FOLDER}/index.html", "chosen_as": {
         r: sum(r in rs for rs in chosen.values()) for r in reasons}, "held_out_tokens": int((tokens[:, 1:]).numel()),
-        "alive_on_held_out": float((stats["fired"] > 0).float().mean()), "tool": "sae-dashboard 0.8.0"}
+        "alive_on_held_out": float((stats["fired"] > 0).float().mean()), "tool": "sae-dashboard 0.8.0",
+        # the variant's own groups and their sizes: an empty one (e.g. orthogonal's before its features have
+        # specialised by domain) is listed here, so that its absence from the pages is explained
+        "variant_groups": {name: len(members) for name, members in groups.items()}}
 
 
 def headline(r: dict) -> str:
     return (f"{r['features']} feature pages in {r['index']} (" + ", ".join(f"{n} {k}" for k, n in r["chosen_as"].items())
-            + f"); {r['alive_on_held_out']:.0%} of features fire on {r['held_out_tokens']:,} held-out tokens")
+            + f"); {r['alive_on_held_out']:.0%} of features fire on {r['held_out_tokens']:,} held-out tokens"
+            + "".join(f"; {name}: {n} features" for name, n in r.get("variant_groups", {}).items() if not n))
 
 
 def data_plan(target, settings: Settings) -> dict:

@@ -204,18 +204,32 @@ def test_evals_added_to_a_finished_run_keep_the_others_and_a_foreign_sae_folder_
         assert numbers[k] == pytest.approx(before["summary"][k], rel=1e-6), k
 
 
+# orthogonal's groups need features that have specialised by domain (forget share - retain share > alpha,
+# 0.3 by default): after 50 dense steps none has, so the test lowers alpha to see its groups on the pages
+VARIANT_TEST_SETTINGS = {"orthogonal": ["alpha=0.02"]}
+OWN_FEATURE_GROUPS = {  # what each variant's feature_groups() names, as the features eval lists them
+    "orthogonal": ["orthogonal forget group", "orthogonal retain group"],
+    "adversarial": ["adversarial spurious set (largest probe weight)"],
+    "contrastive": ["contrastive head's strongest inputs"],
+    "temporal": ["most consistent over time"],
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "relu"])  # relu: the default run above
 def test_each_variant_runs_end_to_end_with_its_term_and_own_numbers_logged(tmp_path_factory, variant):
     cwd = tmp_path_factory.mktemp(variant)
     args = [a for a in TINY_TRAINING if not a.startswith("--n_tokens")] + ["--n_tokens=6400"]
-    proc = run_experiment("--out_dir=run_1", f"--variant={variant}", *args, *tiny_evals("core", "diagnostics"),
+    own = [a for setting in VARIANT_TEST_SETTINGS.get(variant, []) for a in ("--set", f"{variant}.{setting}")]
+    proc = run_experiment("--out_dir=run_1", f"--variant={variant}", *args, *own, *tiny_evals("core", "diagnostics", "features"),
                           f"--eval_cache_dir={tmp_path_factory.getbasetemp() / 'variant_cache'}", cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((cwd / "run_1" / "final_info.json").read_text(), parse_constant=no_nan)
     mod = VARIANTS[variant]
     assert info["status"] == "ok" and info["variant"] == variant
-    assert info["config"]["variant"] == dataclasses.asdict(mod.Config())
+    overrides = dict(s.split("=") for s in VARIANT_TEST_SETTINGS.get(variant, []))
+    assert info["config"]["variant"] == {**dataclasses.asdict(mod.Config()),
+                                         **{k: type(getattr(mod.Config(), k))(v) for k, v in overrides.items()}}
     curves = info["training"]["curves"]
     if mod.LOSS_TERM:
         term = mod.LOSS_TERM[0]
@@ -227,6 +241,14 @@ def test_each_variant_runs_end_to_end_with_its_term_and_own_numbers_logged(tmp_p
         assert any(v for k in own for v in curves[k]), f"{variant} logged nothing of its own: {sorted(curves)}"
     assert 0 < info["summary"]["l0"] < 4096 and info["core"] is not None
     check_diagnostics(cwd / "run_1", info)
+    # its feature pages show the variant's own groups beside the frequent and random ones
+    chosen_as = info["features"]["chosen_as"]
+    assert chosen_as.get("most frequent", 0) >= 1 and chosen_as.get("random sample", 0) >= 1
+    for group in OWN_FEATURE_GROUPS.get(variant, []):
+        assert group == "most consistent over time" or info["features"]["variant_groups"][group] > 0
+        assert chosen_as.get(group, 0) >= 1, f"{variant}: no {group!r} features on its pages: {chosen_as}"
+    listed = json.loads((cwd / "run_1" / "features" / "features.json").read_text())
+    assert all((cwd / "run_1" / row["page"]).is_file() for row in listed)
     notes = (cwd / "notes.txt").read_text()
     assert notes.startswith(f"## Run 1: {variant}") and "diagnostics: NMI" in notes
 
