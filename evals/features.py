@@ -249,7 +249,8 @@ def write_index(path: Path, rows: list[dict], sae, tokens) -> None:
             f"<td class=tok>{' '.join('<code>' + html.escape(t) + '</code>' for t in r['suppresses'][:5])}</td>"
             f"<td>{near}</td><td class=topics>{_bars(r['per_topic_firing_rate'])}</td></tr>")
     meta = sae.cfg.metadata
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Features: {html.escape(path.parent.parent.name)}</title>
+    run = path.parent.parent.name.removesuffix(".partial").removesuffix(".adding")  # the run's name, not its stage's
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Features: {html.escape(run)}</title>
 <style>
 body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} table{{border-collapse:collapse;font-size:13px}}
 td,th{{border-bottom:1px solid #ddd;padding:4px 8px;vertical-align:top;text-align:left}} th{{background:#f4f4f4;position:sticky;top:0}}
@@ -257,7 +258,7 @@ code{{background:#eef;padding:0 3px;margin:1px;border-radius:3px;white-space:pre
 .bar{{position:relative;width:160px;height:14px;font-size:10px;margin:1px 0}} .bar i{{position:absolute;left:0;top:0;height:100%;background:#9cf;z-index:-1}}
 .bar span{{padding-left:2px}} input{{font-size:14px;padding:4px;width:22em}}
 </style></head><body>
-<h2>Feature pages: {html.escape(path.parent.parent.name)}</h2>
+<h2>Feature pages: {html.escape(run)}</h2>
 <p>{html.escape(str(meta.model_name))}, {html.escape(str(meta.hook_name))}, d_sae {sae.cfg.d_sae}; measured on
 {len(tokens)} held-out sequences ({int(tokens[:, 1:].numel()):,} tokens, BOS excluded), never training text.
 Each feature's page (SAEDashboard) shows its top-activating contexts, samples from lower activation intervals,

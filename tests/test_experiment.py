@@ -249,6 +249,7 @@ def test_each_variant_runs_end_to_end_with_its_term_and_own_numbers_logged(tmp_p
         assert chosen_as.get(group, 0) >= 1, f"{variant}: no {group!r} features on its pages: {chosen_as}"
     listed = json.loads((cwd / "run_1" / "features" / "features.json").read_text())
     assert all((cwd / "run_1" / row["page"]).is_file() for row in listed)
+    assert "<h2>Feature pages: run_1</h2>" in (cwd / "run_1" / "features" / "index.html").read_text()
     notes = (cwd / "notes.txt").read_text()
     assert notes.startswith(f"## Run 1: {variant}") and "diagnostics: NMI" in notes
 
