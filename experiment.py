@@ -72,7 +72,7 @@ from trainers.config import System, Target, UsageError, set_flag, set_named, spl
 from trainers.data import DataError, TokenSequences, build_sequences  # noqa: E402
 from trainers.model import EMBEDDED_MODEL, EMBEDDED_TL_NAME, ModelError, hook_layer, load_model, pick_device, pick_dtype  # noqa: E402
 from trainers import checkpoint, distributed  # noqa: E402
-from trainers.trainer import (Training, TrainingFailed, TrainResult, TrainSettings, fold_into_model_space,  # noqa: E402
+from trainers.trainer import (OPTIMIZERS, Training, TrainingFailed, TrainResult, TrainSettings, fold_into_model_space,  # noqa: E402
                               rng_state, set_rng_state, train_saes)
 from trainers.variant_sae import VariantSettingError  # noqa: E402
 
@@ -130,7 +130,8 @@ def check_ranges(target: Target, training: TrainSettings, system: System) -> Non
                                     "dead_window_tokens")]:
         if getattr(section, name) <= 0:
             raise UsageError(f"--{name}={getattr(section, name)} must be positive")
-    rules = [(training.lr > 0, f"--lr={training.lr} must be positive"),
+    rules = [(training.lr >= 0, f"--lr={training.lr} must be positive (or 0: the optimizer's rule, scaled by d_sae)"),
+             (training.optimizer in OPTIMIZERS, f"--optimizer={training.optimizer} is not one of {', '.join(OPTIMIZERS)}"),
              (0 <= training.lr_warm_up_frac <= 1 and 0 <= training.lr_decay_frac <= 1
               and training.lr_warm_up_frac + training.lr_decay_frac <= 1,
               "--lr_warm_up_frac and --lr_decay_frac must be fractions in [0, 1] that add up to at most 1"),
@@ -428,7 +429,7 @@ def write(cfg: Config, out: Path, stage: Path, loaded: Loaded, result: TrainResu
     summary = {"train_loss": final.get("loss"), "train_l0": final.get("l0"),
                "train_explained_variance_normalized": final.get("explained_variance"),
                "alive_frac_train": final.get("alive_frac"), "n_steps": training["n_steps"],
-               "n_tokens": training["n_tokens"]}
+               "n_tokens": training["n_tokens"], "lr": training["lr"]}
     eval_failures, numbers = read_evals(evals)
     failures += eval_failures
     summary.update(numbers)
@@ -519,7 +520,8 @@ def notes_section(run_name: str, cfg: Config, summary: dict, failures: list[str]
         others = [Path(r).name for r in cfg.sweep["runs"] if r != cfg.system.out_dir]
         lines.append(f"Sweep point {json.dumps(cfg.sweep['values'])}, trained on the same batches as {', '.join(others)}")
     lines.append(f"Model {t.model}, hook {t.hook}, d_sae {t.d_sae}, dataset {t.dataset}, {summary['n_tokens']:,} tokens "
-                 f"in {summary['n_steps']} steps of {cfg.training.batch_size}, lr {cfg.training.lr}, seed {cfg.training.seed}")
+                 f"in {summary['n_steps']} steps of {cfg.training.batch_size}, {cfg.training.optimizer} lr {summary['lr']:.3g}, "
+                 f"seed {cfg.training.seed}")
     g = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
     lines.append(f"Training (mean of the last steps): loss {g(summary['train_loss'])}, L0 {g(summary['train_l0'])}, "
                  f"explained variance (normalized) {g(summary['train_explained_variance_normalized'])}, "

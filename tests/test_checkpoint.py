@@ -57,15 +57,15 @@ def test_a_buffer_state_from_other_sequences_is_refused(tiny_model):
         b.load_state_dict(a.state_dict())
 
 
-@pytest.mark.parametrize("variant", ["relu", "topk", "temporal", "orthogonal", "contrastive", "adversarial"])
-def test_training_resumed_from_a_checkpoint_in_fresh_objects_ends_bit_identical(tiny_model, tmp_path, variant):
-    """Every piece of state: the SAE, Adam, the LR and L1 schedules, dead-feature counters, the
+@pytest.mark.parametrize("variant,optimizer", [(v, "adam") for v in VARIANTS] + [("relu", "signum"), ("topk", "signum")])
+def test_training_resumed_from_a_checkpoint_in_fresh_objects_ends_bit_identical(tiny_model, tmp_path, variant, optimizer):
+    """Every piece of state: the SAE, Adam (or schedule-free signum's z and average weights), the LR and L1 schedules, dead-feature counters, the
     variant's own (temporal's queue and RNG draws, orthogonal's EMAs), the buffer's position and the
     RNG streams; contrastive's and adversarial's probes and their optimizers."""
     from trainers.variant_sae import TextPool
 
     mod = VARIANTS[variant]
-    settings = TrainSettings(n_tokens=30 * 16, batch_size=16, log_every=4, seqs_per_fill=6, seed=2)
+    settings = TrainSettings(n_tokens=30 * 16, batch_size=16, log_every=4, seqs_per_fill=6, seed=2, optimizer=optimizer)
     seqs = make_sequences(n_seq=60, ctx=9)
     forget = mod.Config().forget_topic if variant == "orthogonal" else "x"  # orthogonal groups by domain
     seqs.documents = [Document(d.text, topic=forget if i % 3 == 0 else "Arts") for i, d in enumerate(seqs.documents)]
@@ -104,7 +104,9 @@ def test_training_resumed_from_a_checkpoint_in_fresh_objects_ends_bit_identical(
         assert torch.equal(p, resumed.sae.state_dict()[name]), name
     assert result.curves["loss"] == whole.curves["loss"] and result.final == whole.final
     assert result.n_steps == whole.n_steps and buffer3.served_description() == buffer.served_description()
-    # the gradient projection is active again: decoder rows stay unit norm
+    # the gradient projection is active again: decoder rows stay unit norm (at the training point: schedule-free's
+    # average of unit rows, which the SAE holds after training, is not itself unit norm)
+    resumed.trainer.optimizer.train() if optimizer == "signum" else None
     torch.testing.assert_close(resumed.sae.W_dec.norm(dim=-1), torch.ones(32))
 
 

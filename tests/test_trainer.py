@@ -127,3 +127,55 @@ def test_saes_trained_together_on_shared_batches_equal_each_trained_alone(tiny_m
             assert torch.equal(p, sae.state_dict()[name]), (value, name)
         assert result.curves["loss"] == alone_result.curves["loss"]
     assert not torch.equal(together[0].W_enc, together[1].W_enc)
+
+
+def test_sign_sgd_moves_each_parameter_by_lr_against_the_sign_of_its_gradient():
+    from trainers.trainer import SignSGD
+
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0, 0.5]))
+    p.grad = torch.tensor([0.3, -1e-6, 0.0, -40.0])
+    SignSGD([p], lr=0.1).step()
+    torch.testing.assert_close(p.detach(), torch.tensor([0.9, -1.9, 3.0, 0.6]))
+
+
+def test_learning_rate_rule_scales_with_d_sae_and_an_explicit_lr_wins():
+    from trainers.trainer import learning_rate
+
+    assert learning_rate(TrainSettings(), 4096) == pytest.approx(4e-4)  # adam: 2e-4 x sqrt(16384 / 4096)
+    assert learning_rate(TrainSettings(optimizer="signum"), 16384) == pytest.approx(5e-3)
+    assert learning_rate(TrainSettings(optimizer="signum"), 65536) == pytest.approx(2.5e-3)
+    assert learning_rate(TrainSettings(optimizer="signum", lr=1e-3), 4096) == 1e-3
+
+
+@pytest.mark.parametrize("variant", ["relu", "topk"])
+def test_signum_trains_and_leaves_the_schedule_free_average_to_evaluate(tiny_model, variant):
+    """Schedule-free takes its gradients at y and keeps the average x: after training the SAE must hold x
+    (x = (y - (1 - m) z) / m, with y the last training point and z the optimizer's iterate)."""
+    from trainers.trainer import Training, train_saes
+
+    seqs = make_sequences(n_seq=16)
+    buf = ActivationBuffer(tiny_model, seqs, [HOOK], seqs_per_fill=4)
+    sae = build(variant, n_steps=12, **({"k": 4} if variant == "topk" else {}))
+    before = {n: p.detach().clone() for n, p in sae.named_parameters()}
+    training = Training(sae, buf, TrainSettings(n_tokens=12 * 8, batch_size=8, log_every=5, optimizer="signum"))
+    last_y = {}
+    step = training.step
+
+    def step_and_keep_y(i, batch):
+        step(i, batch)
+        last_y.update({n: p.detach().clone() for n, p in sae.named_parameters()})
+
+    training.step = step_and_keep_y
+    result = train_saes([training])[0]
+    assert result.optimizer == "signum" and result.lr == pytest.approx(5e-3 * (16384 / 32) ** 0.5)
+    opt = training.trainer.optimizer
+    m = opt.momentum
+    for name, p in sae.named_parameters():
+        assert not torch.equal(p, before[name]), f"{name} did not move"
+        z = opt.state[p]["z"]
+        torch.testing.assert_close(p.detach(), (last_y[name] - (1 - m) * z) / m, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(p, last_y[name])
+    x = {n: p.detach().clone() for n, p in sae.named_parameters()}
+    training.eval_weights()  # idempotent
+    assert all(torch.equal(p, x[n]) for n, p in sae.named_parameters())
+    assert result.final["explained_variance"] > 0

@@ -1,7 +1,8 @@
 """The training loop shared by every variant.
 
 SAELens's SAETrainer does the optimizer step, LR schedule (warm-up + linear decay), coefficient
-warm-up (L1), gradient clipping and dead-feature bookkeeping; we drive it one `step()` at a time
+warm-up (L1), gradient clipping and dead-feature bookkeeping (with `--optimizer=signum` its Adam and
+schedule are swapped for schedule-free sign-SGD, below); we drive it one `step()` at a time
 from our own buffer (its `fit()` wants a plain tensor iterator and logs only to wandb). Added here,
 because SAELens does not do them: the decoder rows are kept at unit norm (gradient projected onto
 the tangent space, rows renormalized after every step), b_dec starts at the data mean, the variant
@@ -42,9 +43,10 @@ class TrainSettings:
 
     n_tokens: int = 300_000  # training tokens (BOS excluded)
     batch_size: int = 256
-    lr: float = 4e-4
-    lr_warm_up_frac: float = 0.02
-    lr_decay_frac: float = 0.2
+    optimizer: str = "adam"  # or "signum": schedule-free sign-SGD (OPTIMIZERS below)
+    lr: float = 0.0  # 0: the optimizer's rule, which scales with d_sae (OPTIMIZERS); recorded as training.lr
+    lr_warm_up_frac: float = 0.02  # adam only: schedule-free needs no schedule
+    lr_decay_frac: float = 0.2  # adam only
     dead_window_tokens: int = 100_000  # a feature that fired on none of the last this-many tokens is dead (AuxK
     # acts on it); capped at a quarter of the run, so that runs of any length can see dead features
     log_every: int = 20
@@ -67,6 +69,43 @@ class TrainSettings:
         return max(1, min(self.dead_window_tokens // self.batch_size, self.n_steps // 4))
 
 
+# optimizer -> its learning rate at d_sae 16384, scaled by sqrt(16384 / d_sae) (sparsify's rules: wider SAEs
+# take smaller steps). Adam's gives 4e-4 at d_sae 4096, the harness's measured default before the rule.
+OPTIMIZERS = {"adam": 2e-4, "signum": 5e-3}
+
+
+def learning_rate(settings: TrainSettings, d_sae: int) -> float:
+    """The learning rate a training uses: --lr when given, else its optimizer's rule at this d_sae."""
+    return settings.lr or OPTIMIZERS[settings.optimizer] * math.sqrt(16384 / d_sae)
+
+
+class SignSGD(torch.optim.Optimizer):
+    """p -= lr * sign(grad): steepest descent in the L-infinity norm (Bernstein et al. 2018). Written here
+    because neither torch nor schedulefree ships it; schedule-free's wrapper adds the momentum (signum)."""
+
+    def __init__(self, params, lr: float):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad.sign(), alpha=-group["lr"])
+
+
+def use_schedule_free_signum(trainer: SAETrainer, lr: float) -> None:
+    """Replace SAELens's Adam and LR schedule by schedule-free sign-SGD with momentum 0.95 (the
+    `schedulefree` package's wrapper, as EleutherAI's sparsify trains), at a constant rate. The wrapper
+    trains at its interpolated point y and keeps the average x for evaluation: `eval_weights` swaps x in."""
+    from schedulefree import ScheduleFreeWrapper
+
+    opt = ScheduleFreeWrapper(SignSGD(trainer.sae.parameters(), lr=lr), momentum=0.95)
+    opt.train()  # no state yet: it only marks the parameters as y, where gradients are taken
+    trainer.optimizer = opt
+    trainer.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(opt.base, lambda _: 1.0)  # SAELens steps and saves it
+
+
 @dataclass
 class TrainResult:
     n_steps: int
@@ -79,6 +118,8 @@ class TrainResult:
     final: dict[str, float] = field(default_factory=dict)
     activation_scale: float = 1.0
     flags: list[dict] = field(default_factory=list)  # degenerate stretches flagged during training (Flags)
+    lr: float = 0.0  # the learning rate used (learning_rate)
+    optimizer: str = "adam"
     failed: str | None = None  # why training stopped early (a non-finite loss or gradient), else None
 
 
@@ -205,12 +246,13 @@ class Training:
             renormalize_decoder(sae)
         constrain_decoder(sae)
         self.grad_sync = distributed.GradientAverage(sae)  # under torchrun: gradients averaged over ranks
+        self.lr = learning_rate(settings, sae.cfg.d_sae)
         self.trainer = SAETrainer(
             cfg=SAETrainerConfig(
                 total_training_samples=self.n_steps * settings.batch_size,
                 train_batch_size_samples=settings.batch_size,
-                lr=settings.lr,
-                lr_end=settings.lr,
+                lr=self.lr,
+                lr_end=self.lr,
                 lr_scheduler_name="constant",
                 lr_warm_up_steps=int(settings.lr_warm_up_frac * self.n_steps),
                 lr_decay_steps=int(settings.lr_decay_frac * self.n_steps),
@@ -221,6 +263,8 @@ class Training:
             sae=sae,
             data_provider=iter(()),  # unused: we call trainer.step() with our own batches
         )
+        if settings.optimizer == "signum":
+            use_schedule_free_signum(self.trainer, self.lr)
         self.per_step: dict[str, list[float]] = {}
         self.curves: dict[str, list[float]] = {}
         self.begin_step = getattr(sae, "begin_step", None)  # the variant contract (StepData above)
@@ -311,8 +355,16 @@ class Training:
             final=final,
             activation_scale=float(self.buffer.scale[self.hook_index]),
             flags=self.flags.flagged,
+            lr=self.lr,
+            optimizer=self.settings.optimizer,
             failed=self.failed,
         )
+
+    def eval_weights(self) -> None:
+        """Leave the SAE with the weights to evaluate and save: schedule-free's average x (training
+        takes its gradients at y); Adam's are the trained ones. Idempotent."""
+        if hasattr(self.trainer.optimizer, "eval"):
+            self.trainer.optimizer.eval()
 
 
 def rng_state() -> tuple:
@@ -372,6 +424,7 @@ def train_saes(trainings: list[Training], start_step: int = 0, checkpoint=None, 
             checkpoint(step + 1)
     for t in trainings:
         t.grad_sync.release()
+        t.eval_weights()  # after the last checkpoint, which holds the training point (a resume goes on from it)
     return [t.result() for t in trainings]
 
 
