@@ -151,7 +151,7 @@ def check_ranges(target: Target, training: TrainSettings, system: System) -> Non
 
 # training settings a sweep may vary: SAEs trained together share every batch, so not the text, the
 # number of tokens or the batch shapes
-SWEEPABLE_TRAINING = ("lr", "seed", "lr_warm_up_frac", "lr_decay_frac", "dead_window_tokens")
+SWEEPABLE_TRAINING = ("optimizer", "lr", "seed", "lr_warm_up_frac", "lr_decay_frac", "dead_window_tokens")
 
 
 def parse_all(argv: list[str]) -> list[Config]:

@@ -482,3 +482,13 @@ def test_a_swept_sae_and_one_of_several_hooks_equal_the_same_sae_trained_alone(t
     for run, hook in (("run_10", "blocks.3.hook_resid_post"), ("run_11", "blocks.6.hook_resid_post")):
         assert json.loads((tmp_path / run / "sae" / "cfg.json").read_text())["metadata"]["hook_name"] == hook
     assert (tmp_path / "run_10" / weights).read_bytes() == (tmp_path / "run_20" / weights).read_bytes()
+
+
+def test_a_sweep_over_the_optimizer_gives_one_run_per_optimizer():
+    sys.path.insert(0, str(ROOT))
+    import experiment
+
+    cfgs = experiment.parse_all(["--out_dir=run_3", "--variant=topk", "--sweep", "optimizer=adam,signum"])
+    assert [c.training.optimizer for c in cfgs] == ["adam", "signum"]
+    assert [c.system.out_dir for c in cfgs] == ["run_3", "run_4"]
+    assert [c.sweep["values"] for c in cfgs] == [{"optimizer": "adam"}, {"optimizer": "signum"}]

@@ -179,3 +179,26 @@ def test_signum_trains_and_leaves_the_schedule_free_average_to_evaluate(tiny_mod
     training.eval_weights()  # idempotent
     assert all(torch.equal(p, x[n]) for n, p in sae.named_parameters())
     assert result.final["explained_variance"] > 0
+
+
+def test_saes_with_different_optimizers_trained_together_equal_each_trained_alone(tiny_model):
+    """`--sweep optimizer=adam,signum`: each SAE keeps its own optimizer on the shared batches."""
+    from trainers.trainer import Training, train_saes
+
+    seqs = make_sequences(n_seq=60, ctx=9)
+    runs = {o: TrainSettings(n_tokens=20 * 16, batch_size=16, log_every=5, seqs_per_fill=6, seed=1, optimizer=o)
+            for o in ("adam", "signum")}
+
+    def sae():
+        torch.manual_seed(1)
+        return build("topk", n_steps=20, k=4)
+
+    shared = ActivationBuffer(tiny_model, seqs, [HOOK], seqs_per_fill=6, seed=1)
+    together = {o: sae() for o in runs}
+    train_saes([Training(together[o], shared, s) for o, s in runs.items()])
+    for o, s in runs.items():
+        alone = sae()
+        train_sae(alone, ActivationBuffer(tiny_model, seqs, [HOOK], seqs_per_fill=6, seed=1), s)
+        for name, p in alone.state_dict().items():
+            assert torch.equal(p, together[o].state_dict()[name]), (o, name)
+    assert not torch.equal(together["adam"].W_enc, together["signum"].W_enc)

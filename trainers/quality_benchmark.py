@@ -1,0 +1,185 @@
+"""Quality per token: the harness's recipes against EleutherAI's sparsify at the same budget (a script
+that prints a table, not a test).
+
+    python -m trainers.quality_benchmark [--budgets=100000,300000] [--work=.cache/quality_benchmark]
+                                         [--k=48] [--only=topk,topk_aux,relu,sparsify] [--core_batches=8]
+
+For each budget (training tokens; batch 256, so budget // 256 steps), on the embedded default (Gemma 3
+270M, blocks.6.hook_resid_post, d_sae 4096, the same training documents and activation cache), it trains
+
+- harness TopK (k = --k): `--sweep optimizer=adam,signum` (AuxK 1/32), and signum with AuxK 0 and 1/4;
+- harness ReLU + L1: `--sweep optimizer=adam,signum`;
+- sparsify 1.3.3's TopK at its own defaults (SparseCoder; schedule-free sign-SGD, momentum 0.95,
+  lr 5e-3 x sqrt(16384 / d_sae); b_dec at the first batch's mean; FVU loss; no AuxK; raw model
+  activations), on the same batches the harness's buffer serves (seed 0, same rows in the same order),
+  saved at the optimizer's averaged weights as sparsify saves, converted to SAELens's format (the
+  conversion is checked: same reconstruction to 1e-4);
+
+and scores every SAE with the harness's own core eval (same settings, same held-out sequences):
+explained variance (1 - FVU), CE-loss score, KL score, L0, and the dead fraction over the training's
+last dead-feature window (the harness's rule, applied to sparsify's firing too).
+
+sparsify is installed for this script only, with `pip install --target .cache/sparsify` (not in
+requirements.txt): its training loop needs a Hugging Face model and dataset, so the loop below drives
+its own SparseCoder, SignSGD-in-ScheduleFreeWrapper and loss in the order its Trainer.fit does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # offline, before transformers/datasets are imported (they read it at import)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SPARSIFY = ("eai-sparsify==1.3.3", "natsort==8.4.0")  # natsort: imported by sparsify's trainer module
+CORE = ["--set", "core.reconstruction_batches=8"]  # core's default, said out loud: every row is scored alike
+
+
+def experiment(*args: str) -> None:
+    cmd = [sys.executable, str(ROOT / "experiment.py"), *args]
+    print("$", " ".join(cmd[1:]), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: {' '.join(cmd[1:])} exited {proc.returncode}")
+
+
+def harness_runs(work: Path, budget: int, k: int, only: set[str]) -> None:
+    common = [f"--n_tokens={budget}", "--evals=core", *CORE, f"--notes={work / 'notes.txt'}", "--overwrite"]
+    if "topk" in only:
+        experiment(f"--out_dir={work / 'topk'}", "--variant=topk", "--set", f"topk.k={k}",
+                   "--sweep", "optimizer=adam,signum", *common)
+    if "topk_aux" in only:
+        experiment(f"--out_dir={work / 'topk_aux'}", "--variant=topk", "--set", f"topk.k={k}", "--optimizer=signum",
+                   "--sweep", "topk.aux_loss_coefficient=0,0.25", *common)
+    if "relu" in only:
+        experiment(f"--out_dir={work / 'relu'}", "--variant=relu", "--sweep", "optimizer=adam,signum", *common)
+
+
+def sparsify_importable() -> None:
+    target = ROOT / ".cache" / "sparsify"
+    if not (target / "sparsify").is_dir():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), *SPARSIFY],
+                       check=True, env={**os.environ, "PIP_CACHE_DIR": str(ROOT / ".cache" / "pip")})
+    sys.path.insert(0, str(target))
+
+
+def train_sparsify(work: Path, budget: int, k: int) -> Path:
+    """sparsify's TopK on the batches the harness's buffer serves; returns its SAE in SAELens's format."""
+    sparsify_importable()
+    import experiment as ex
+    from sae_lens import SAE
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+    from schedulefree import ScheduleFreeWrapper
+    from sparsify import SparseCoder, SparseCoderConfig
+    from sparsify.sign_sgd import SignSGD
+
+    cfg = ex.parse([f"--n_tokens={budget}", "--variant=topk"])
+    loaded = ex.load(cfg)
+    buffer = loaded.buffer(cfg.training)
+    buffer.mean_activation(0)  # as the harness's Training does before its first batch (the buffer's first fill)
+    d_in, d_sae, settings = loaded.model.cfg.d_model, cfg.target.d_sae or 4096, cfg.training
+    torch.manual_seed(settings.seed)
+    sae = SparseCoder(d_in, SparseCoderConfig(k=k, num_latents=d_sae), device="cpu")
+    opt = ScheduleFreeWrapper(SignSGD([{"params": sae.parameters(), "lr": 5e-3 / (d_sae / 2**14) ** 0.5}]),
+                              momentum=0.95)
+    opt.train()
+    steps_since_fired = torch.zeros(d_sae, dtype=torch.long)
+    scale = float(buffer.scale[0])
+    for step in tqdm(range(settings.n_steps), desc="sparsify TopK", unit="step"):
+        x = buffer.next_batch(settings.batch_size).acts[:, 0].float() / scale  # raw activations, as sparsify sees
+        if step == 0:
+            sae.b_dec.data = x.mean(0)  # sparsify: b_dec at the first batch's mean
+        sae.set_decoder_norm_to_unit_norm()
+        out = sae(x, dead_mask=None)  # auxk_alpha 0 (its default): no dead mask, no AuxK
+        out.fvu.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad()
+        fired = torch.zeros(d_sae, dtype=torch.bool)
+        fired[out.latent_indices.flatten()] = True
+        steps_since_fired += 1
+        steps_since_fired[fired] = 0
+    opt.eval()  # sparsify saves the averaged weights (Trainer.save)
+    dead = float((steps_since_fired > settings.dead_window_steps).float().mean())
+
+    harness_cfg = json.loads((work / "topk_0" / "sae" / "cfg.json").read_text())
+    saelens = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, apply_b_dec_to_input=True,
+                                    rescale_acts_by_decoder_norm=False,  # sparsify picks the top k of raw pre-activations
+                                    metadata=SAEMetadata(**harness_cfg["metadata"])))
+    with torch.no_grad():
+        saelens.W_enc.copy_(sae.encoder.weight.T)
+        saelens.b_enc.copy_(sae.encoder.bias)
+        saelens.W_dec.copy_(sae.W_dec)
+        saelens.b_dec.copy_(sae.b_dec)
+        x = buffer.next_batch(settings.batch_size).acts[:, 0].float() / scale
+        gap = (saelens(x) - sae(x).sae_out).abs().max().item() / x.abs().max().item()
+    if gap > 1e-4:
+        raise SystemExit(f"error: the SAELens copy of sparsify's SAE reconstructs differently (relative gap {gap:.2e})")
+    folder = work / "sparsify_sae"
+    saelens.save_model(str(folder))
+    SAE.load_from_disk(str(folder))  # it loads back
+    (folder / "training.json").write_text(json.dumps({"dead_frac": dead, "n_steps": settings.n_steps, "conversion_gap": gap}))
+    return folder
+
+
+def row(name: str, info: dict, dead: float | None = None) -> dict:
+    s = info.get("summary", info.get("core", {}))
+    return {"recipe": name, "L0": s["l0"], "EV": s["explained_variance"], "CE score": s["ce_loss_score"],
+            "KL score": s["kl_div_score"], "dead": dead if dead is not None else info["training"]["final"]["dead_frac"]}
+
+
+def table(work: Path, budget: int) -> list[dict]:
+    rows = []
+    for folder, names in (("topk", ["TopK adam (AuxK 1/32)", "TopK signum (AuxK 1/32)"]),
+                          ("topk_aux", ["TopK signum, AuxK 0", "TopK signum, AuxK 1/4"]),
+                          ("relu", ["ReLU adam", "ReLU signum"])):
+        for i, name in enumerate(names):
+            f = work / f"{folder}_{i}" / "final_info.json"
+            if f.is_file():
+                rows.append(row(name, json.loads(f.read_text())))
+    f = work / "sparsify_core" / "reevaluation.json"
+    if f.is_file():
+        dead = json.loads((work / "sparsify_sae" / "training.json").read_text())["dead_frac"]
+        from evals.core import key_numbers
+        rows.append(row("sparsify 1.3.3 TopK (defaults)", {"summary": key_numbers(json.loads(f.read_text())["core"])}, dead))
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    opts = dict(a.removeprefix("--").split("=", 1) for a in argv)
+    budgets = [int(b) for b in opts.get("budgets", "100000,300000").split(",")]
+    k = int(opts.get("k", 48))
+    only = set(opts.get("only", "topk,topk_aux,relu,sparsify").split(","))
+    base = ROOT / opts.get("work", ".cache/quality_benchmark")
+    CORE[1] = f"core.reconstruction_batches={int(opts.get('core_batches', 8))}"  # fewer: a quick check of the script
+    sys.path.insert(0, str(ROOT))
+    for budget in budgets:
+        work = base / str(budget)
+        work.mkdir(parents=True, exist_ok=True)
+        harness_runs(work, budget, k, only)
+        if "sparsify" in only:
+            folder = train_sparsify(work, budget, k)
+            subprocess.run([sys.executable, str(ROOT / "reevaluate.py"), str(folder), f"--out_dir={work / 'sparsify_core'}",
+                            "--evals=core", *CORE], cwd=ROOT, check=True)
+    for budget in budgets:
+        rows = table(base / str(budget), budget)
+        print(f"\n{budget:,} tokens ({budget // 256} steps of 256), d_sae 4096, TopK k={k}; core on the same held-out sequences")
+        print("| recipe | L0 | explained variance | CE-loss score | KL score | dead fraction |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['recipe']} | {r['L0']:.1f} | {r['EV']:.4f} | {r['CE score']:.4f} | {r['KL score']:.4f} | {r['dead']:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
