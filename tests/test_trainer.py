@@ -202,3 +202,20 @@ def test_saes_with_different_optimizers_trained_together_equal_each_trained_alon
         for name, p in alone.state_dict().items():
             assert torch.equal(p, together[o].state_dict()[name]), (o, name)
     assert not torch.equal(together["adam"].W_enc, together["signum"].W_enc)
+
+
+@pytest.mark.parametrize("variant", ["relu", "topk"])
+def test_pre_activations_start_centred_on_the_training_data(tiny_model, variant):
+    """b_dec starts at the data mean and is subtracted before the encoder (b_enc 0): each feature's
+    pre-activation averages 0 over the data the buffer holds, whatever the random encoder."""
+    from trainers.trainer import Training
+
+    buf = ActivationBuffer(tiny_model, make_sequences(n_seq=16), [HOOK], seqs_per_fill=4)
+    sae = build(variant, n_steps=12, **({"k": 4} if variant == "topk" else {}))
+    Training(sae, buf, TrainSettings(n_tokens=12 * 8, batch_size=8))
+    filled = buf.slot_seq.repeat_interleave(buf.seq_len) >= 0
+    x = buf.storage[filled, 0].float()  # the rows the buffer holds, normalized as training sees them
+    with torch.no_grad():
+        pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
+    scale = pre.abs().mean()
+    assert pre.mean(0).abs().max() < 1e-4 * scale + 1e-5
