@@ -3,6 +3,7 @@ that prints a table, not a test).
 
     python -m trainers.quality_benchmark [--budgets=100000,300000] [--work=.cache/quality_benchmark]
                                          [--k=48] [--only=topk,topk_aux,relu,sparsify] [--core_batches=8]
+                                         [--seeds=0,1,2] [--aux_seeds=0]
 
 For each budget (training tokens; batch 256, so budget // 256 steps), on the embedded default (Gemma 3
 270M, blocks.6.hook_resid_post, d_sae 4096, the same training documents and activation cache), it trains
@@ -15,7 +16,8 @@ For each budget (training tokens; batch 256, so budget // 256 steps), on the emb
   saved at the optimizer's averaged weights as sparsify saves, converted to SAELens's format (the
   conversion is checked: same reconstruction to 1e-4);
 
-and scores every SAE with the harness's own core eval (same settings, same held-out sequences):
+each with every seed of --seeds (TopK and ReLU at both optimizers, sparsify; the AuxK variations with
+--aux_seeds), and scores every SAE with the harness's own core eval (same settings, same held-out sequences):
 explained variance (1 - FVU), CE-loss score, KL score, L0, and the dead fraction over the training's
 last dead-feature window (the harness's rule, applied to sparsify's firing too).
 
@@ -52,16 +54,18 @@ def experiment(*args: str) -> None:
         raise SystemExit(f"error: {' '.join(cmd[1:])} exited {proc.returncode}")
 
 
-def harness_runs(work: Path, budget: int, k: int, only: set[str]) -> None:
+def harness_runs(work: Path, budget: int, k: int, only: set[str], seeds: str, aux_seeds: str) -> None:
     common = [f"--n_tokens={budget}", "--evals=core", *CORE, f"--notes={work / 'notes.txt'}", "--overwrite"]
+    tag = lambda s: s.replace(",", "-")  # noqa: E731  (folders named by their seeds: a later command adds seeds beside)
     if "topk" in only:
-        experiment(f"--out_dir={work / 'topk'}", "--variant=topk", "--set", f"topk.k={k}",
-                   "--sweep", "optimizer=adam,signum", *common)
+        experiment(f"--out_dir={work / f'topk_seeds{tag(seeds)}'}", "--variant=topk", "--set", f"topk.k={k}",
+                   "--sweep", "optimizer=adam,signum", "--sweep", f"seed={seeds}", *common)
     if "topk_aux" in only:
-        experiment(f"--out_dir={work / 'topk_aux'}", "--variant=topk", "--set", f"topk.k={k}", "--optimizer=signum",
-                   "--sweep", "topk.aux_loss_coefficient=0,0.25", *common)
+        experiment(f"--out_dir={work / f'topk_aux_seeds{tag(aux_seeds)}'}", "--variant=topk", "--set", f"topk.k={k}", "--optimizer=signum",
+                   "--sweep", "topk.aux_loss_coefficient=0,0.25", "--sweep", f"seed={aux_seeds}", *common)
     if "relu" in only:
-        experiment(f"--out_dir={work / 'relu'}", "--variant=relu", "--sweep", "optimizer=adam,signum", *common)
+        experiment(f"--out_dir={work / f'relu_seeds{tag(seeds)}'}", "--variant=relu", "--sweep", "optimizer=adam,signum",
+                   "--sweep", f"seed={seeds}", *common)
 
 
 def sparsify_importable() -> None:
@@ -72,8 +76,9 @@ def sparsify_importable() -> None:
     sys.path.insert(0, str(target))
 
 
-def train_sparsify(work: Path, budget: int, k: int) -> Path:
-    """sparsify's TopK on the batches the harness's buffer serves; returns its SAE in SAELens's format."""
+def train_sparsify(work: Path, budget: int, k: int, seed: int) -> Path:
+    """sparsify's TopK on the batches the harness's buffer serves with this seed (and torch seeded with it);
+    returns its SAE in SAELens's format."""
     sparsify_importable()
     import experiment as ex
     from sae_lens import SAE
@@ -83,7 +88,7 @@ def train_sparsify(work: Path, budget: int, k: int) -> Path:
     from sparsify import SparseCoder, SparseCoderConfig
     from sparsify.sign_sgd import SignSGD
 
-    cfg = ex.parse([f"--n_tokens={budget}", "--variant=topk"])
+    cfg = ex.parse([f"--n_tokens={budget}", "--variant=topk", f"--seed={seed}"])
     loaded = ex.load(cfg)
     buffer = loaded.buffer(cfg.training)
     buffer.mean_activation(0)  # as the harness's Training does before its first batch (the buffer's first fill)
@@ -112,7 +117,7 @@ def train_sparsify(work: Path, budget: int, k: int) -> Path:
     opt.eval()  # sparsify saves the averaged weights (Trainer.save)
     dead = float((steps_since_fired > settings.dead_window_steps).float().mean())
 
-    harness_cfg = json.loads((work / "topk_0" / "sae" / "cfg.json").read_text())
+    harness_cfg = json.loads(next(work.glob("topk_*/sae/cfg.json")).read_text())  # the model, hook and context
     saelens = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, apply_b_dec_to_input=True,
                                     rescale_acts_by_decoder_norm=False,  # sparsify picks the top k of raw pre-activations
                                     metadata=SAEMetadata(**harness_cfg["metadata"])))
@@ -125,34 +130,41 @@ def train_sparsify(work: Path, budget: int, k: int) -> Path:
         gap = (saelens(x) - sae(x).sae_out).abs().max().item() / x.abs().max().item()
     if gap > 1e-4:
         raise SystemExit(f"error: the SAELens copy of sparsify's SAE reconstructs differently (relative gap {gap:.2e})")
-    folder = work / "sparsify_sae"
+    folder = work / f"sparsify_sae_{seed}"
     saelens.save_model(str(folder))
     SAE.load_from_disk(str(folder))  # it loads back
     (folder / "training.json").write_text(json.dumps({"dead_frac": dead, "n_steps": settings.n_steps, "conversion_gap": gap}))
     return folder
 
 
-def row(name: str, info: dict, dead: float | None = None) -> dict:
-    s = info.get("summary", info.get("core", {}))
-    return {"recipe": name, "L0": s["l0"], "EV": s["explained_variance"], "CE score": s["ce_loss_score"],
-            "KL score": s["kl_div_score"], "dead": dead if dead is not None else info["training"]["final"]["dead_frac"]}
+METRICS = {"L0": "l0", "EV": "explained_variance", "CE score": "ce_loss_score", "KL score": "kl_div_score"}
 
 
-def table(work: Path, budget: int) -> list[dict]:
-    rows = []
-    for folder, names in (("topk", ["TopK adam (AuxK 1/32)", "TopK signum (AuxK 1/32)"]),
-                          ("topk_aux", ["TopK signum, AuxK 0", "TopK signum, AuxK 1/4"]),
-                          ("relu", ["ReLU adam", "ReLU signum"])):
-        for i, name in enumerate(names):
-            f = work / f"{folder}_{i}" / "final_info.json"
-            if f.is_file():
-                rows.append(row(name, json.loads(f.read_text())))
-    f = work / "sparsify_core" / "reevaluation.json"
-    if f.is_file():
-        dead = json.loads((work / "sparsify_sae" / "training.json").read_text())["dead_frac"]
-        from evals.core import key_numbers
-        rows.append(row("sparsify 1.3.3 TopK (defaults)", {"summary": key_numbers(json.loads(f.read_text())["core"])}, dead))
-    return rows
+def results(work: Path) -> dict[str, list[dict]]:
+    """recipe -> one row of numbers per seed."""
+    from evals.core import key_numbers
+
+    out: dict[str, list[dict]] = {}
+    for f in sorted(work.glob("*/final_info.json")):
+        info = json.loads(f.read_text())
+        c = info["config"]
+        name = (f"{info['variant'].replace('topk', 'TopK').replace('relu', 'ReLU')} {c['training']['optimizer']}"
+                + (f", AuxK {c['variant']['aux_loss_coefficient']:g}" if info["variant"] == "topk" else ""))
+        out.setdefault(name, []).append({**{m: info["summary"][k] for m, k in METRICS.items()},
+                                         "dead": info["training"]["final"]["dead_frac"]})
+    for f in sorted(work.glob("sparsify_core_*/reevaluation.json")):
+        seed = f.parent.name.removeprefix("sparsify_core_")
+        dead = json.loads((work / f"sparsify_sae_{seed}" / "training.json").read_text())["dead_frac"]
+        numbers = key_numbers(json.loads(f.read_text())["core"])
+        out.setdefault("sparsify 1.3.3 TopK (its defaults)", []).append(
+            {**{m: numbers[k] for m, k in METRICS.items()}, "dead": dead})
+    return out
+
+
+def cell(values: list[float], digits: int) -> str:
+    """mean, and the spread (max - min) over seeds when there are several."""
+    mean = sum(values) / len(values)
+    return f"{mean:.{digits}f}" + (f" ± {(max(values) - min(values)) / 2:.{digits}f}" if len(values) > 1 else "")
 
 
 def main(argv: list[str]) -> int:
@@ -166,18 +178,20 @@ def main(argv: list[str]) -> int:
     for budget in budgets:
         work = base / str(budget)
         work.mkdir(parents=True, exist_ok=True)
-        harness_runs(work, budget, k, only)
-        if "sparsify" in only:
-            folder = train_sparsify(work, budget, k)
-            subprocess.run([sys.executable, str(ROOT / "reevaluate.py"), str(folder), f"--out_dir={work / 'sparsify_core'}",
-                            "--evals=core", *CORE], cwd=ROOT, check=True)
+        harness_runs(work, budget, k, only, opts.get("seeds", "0,1,2"), opts.get("aux_seeds", "0"))
+        for seed in [int(s) for s in opts.get("seeds", "0,1,2").split(",")] if "sparsify" in only else []:
+            folder = train_sparsify(work, budget, k, seed)
+            subprocess.run([sys.executable, str(ROOT / "reevaluate.py"), str(folder), "--overwrite",
+                            f"--out_dir={work / f'sparsify_core_{seed}'}", f"--notes={work / 'notes.txt'}", "--evals=core", *CORE], cwd=ROOT, check=True)
     for budget in budgets:
-        rows = table(base / str(budget), budget)
-        print(f"\n{budget:,} tokens ({budget // 256} steps of 256), d_sae 4096, TopK k={k}; core on the same held-out sequences")
-        print("| recipe | L0 | explained variance | CE-loss score | KL score | dead fraction |")
-        print("|---|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['recipe']} | {r['L0']:.1f} | {r['EV']:.4f} | {r['CE score']:.4f} | {r['KL score']:.4f} | {r['dead']:.3f} |")
+        print(f"\n{budget:,} tokens ({budget // 256} steps of 256), d_sae 4096, TopK k={k}; core on the same held-out "
+              "sequences; mean ± half the range over seeds (n)")
+        print("| recipe | n | L0 | explained variance | CE-loss score | KL score | dead fraction |")
+        print("|---|---|---|---|---|---|---|")
+        for name, rows in results(base / str(budget)).items():
+            col = lambda key, d: cell([r[key] for r in rows], d)  # noqa: E731
+            print(f"| {name} | {len(rows)} | {col('L0', 1)} | {col('EV', 4)} | {col('CE score', 4)} | {col('KL score', 4)} "
+                  f"| {col('dead', 3)} |")
     return 0
 
 
