@@ -170,6 +170,10 @@ def test_signum_trains_and_leaves_the_schedule_free_average_to_evaluate(tiny_mod
     assert result.optimizer == "signum" and result.lr == pytest.approx(5e-3 * (16384 / 32) ** 0.5)
     opt = training.trainer.optimizer
     m = opt.momentum
+    # the biases, in activation units, step lr x the buffer's normalization scale: lr in model units
+    weights, biases = opt.param_groups
+    assert weights["lr"] == pytest.approx(result.lr) and biases["lr"] == pytest.approx(result.lr * float(buf.scale[0]))
+    assert {id(p) for p in biases["params"]} == {id(sae.b_enc), id(sae.b_dec)}
     for name, p in sae.named_parameters():
         assert not torch.equal(p, before[name]), f"{name} did not move"
         z = opt.state[p]["z"]
