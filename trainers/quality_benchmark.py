@@ -50,7 +50,7 @@ def experiment(*args: str) -> None:
     cmd = [sys.executable, str(ROOT / "experiment.py"), *args]
     print("$", " ".join(cmd[1:]), flush=True)
     proc = subprocess.run(cmd, cwd=ROOT)
-    if proc.returncode != 0:
+    if proc.returncode not in (0, 1):  # 1: a run the gate failed (written as failed, listed in the table as such)
         raise SystemExit(f"error: {' '.join(cmd[1:])} exited {proc.returncode}")
 
 
@@ -150,7 +150,9 @@ def results(work: Path) -> dict[str, list[dict]]:
         c = info["config"]
         name = (f"{info['variant'].replace('topk', 'TopK').replace('relu', 'ReLU')} {c['training']['optimizer']}"
                 + (f", AuxK {c['variant']['aux_loss_coefficient']:g}" if info["variant"] == "topk" else ""))
-        out.setdefault(name, []).append({**{m: info["summary"][k] for m, k in METRICS.items()},
+        if info["status"] != "ok":
+            name += f" [FAILED: {'; '.join(info['failures'])}]"
+        out.setdefault(name, []).append({**{m: info["summary"].get(k, float("nan")) for m, k in METRICS.items()},
                                          "dead": info["training"]["final"]["dead_frac"]})
     for f in sorted(work.glob("sparsify_core_*/reevaluation.json")):
         seed = f.parent.name.removeprefix("sparsify_core_")
