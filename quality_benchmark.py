@@ -1,7 +1,7 @@
 """Quality per token: the harness's recipes against EleutherAI's sparsify at the same budget (a script
-that prints a table, not a test).
+that prints a table, not a test). It sits beside experiment.py and reevaluate.py, whose commands it runs.
 
-    python -m trainers.quality_benchmark [--budgets=100000,300000] [--work=.cache/quality_benchmark]
+    python quality_benchmark.py [--budgets=100000,300000] [--work=.cache/quality_benchmark]
                                          [--k=48] [--only=topk,topk_aux,relu,sparsify] [--core_batches=8]
                                          [--seeds=0,1,2] [--aux_seeds=0]
 
@@ -41,7 +41,7 @@ if __name__ == "__main__":  # offline, before transformers/datasets are imported
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent
 SPARSIFY = ("eai-sparsify==1.3.3", "natsort==8.4.0")  # natsort: imported by sparsify's trainer module
 CORE = ["--set", "core.reconstruction_batches=8"]  # core's default, said out loud: every row is scored alike
 
