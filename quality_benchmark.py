@@ -43,7 +43,11 @@ from tqdm.auto import tqdm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 SPARSIFY = ("eai-sparsify==1.3.3", "natsort==8.4.0")  # natsort: imported by sparsify's trainer module
-CORE = ["--set", "core.reconstruction_batches=8"]  # core's default, said out loud: every row is scored alike
+
+
+def core_flags(batches: int) -> list[str]:
+    """core's CE/KL batches, said out loud (8, its default): every row is scored alike; fewer only to check the script."""
+    return ["--set", f"core.reconstruction_batches={batches}"]
 
 
 def experiment(*args: str) -> None:
@@ -54,8 +58,8 @@ def experiment(*args: str) -> None:
         raise SystemExit(f"error: {' '.join(cmd[1:])} exited {proc.returncode}")
 
 
-def harness_runs(work: Path, budget: int, k: int, only: set[str], seeds: str, aux_seeds: str) -> None:
-    common = [f"--n_tokens={budget}", "--evals=core", *CORE, f"--notes={work / 'notes.txt'}", "--overwrite"]
+def harness_runs(work: Path, budget: int, k: int, only: set[str], seeds: str, aux_seeds: str, core: list[str]) -> None:
+    common = [f"--n_tokens={budget}", "--evals=core", *core, f"--notes={work / 'notes.txt'}", "--overwrite"]
     tag = lambda s: s.replace(",", "-")  # noqa: E731  (folders named by their seeds: a later command adds seeds beside)
     if "topk" in only:
         experiment(f"--out_dir={work / f'topk_seeds{tag(seeds)}'}", "--variant=topk", "--set", f"topk.k={k}",
@@ -175,16 +179,16 @@ def main(argv: list[str]) -> int:
     k = int(opts.get("k", 48))
     only = set(opts.get("only", "topk,topk_aux,relu,sparsify").split(","))
     base = ROOT / opts.get("work", ".cache/quality_benchmark")
-    CORE[1] = f"core.reconstruction_batches={int(opts.get('core_batches', 8))}"  # fewer: a quick check of the script
+    core = core_flags(int(opts.get("core_batches", 8)))
     sys.path.insert(0, str(ROOT))
     for budget in budgets:
         work = base / str(budget)
         work.mkdir(parents=True, exist_ok=True)
-        harness_runs(work, budget, k, only, opts.get("seeds", "0,1,2"), opts.get("aux_seeds", "0"))
+        harness_runs(work, budget, k, only, opts.get("seeds", "0,1,2"), opts.get("aux_seeds", "0"), core)
         for seed in [int(s) for s in opts.get("seeds", "0,1,2").split(",")] if "sparsify" in only else []:
             folder = train_sparsify(work, budget, k, seed)
             subprocess.run([sys.executable, str(ROOT / "reevaluate.py"), str(folder), "--overwrite",
-                            f"--out_dir={work / f'sparsify_core_{seed}'}", f"--notes={work / 'notes.txt'}", "--evals=core", *CORE], cwd=ROOT, check=True)
+                            f"--out_dir={work / f'sparsify_core_{seed}'}", f"--notes={work / 'notes.txt'}", "--evals=core", *core], cwd=ROOT, check=True)
     for budget in budgets:
         print(f"\n{budget:,} tokens ({budget // 256} steps of 256), d_sae 4096, TopK k={k}; core on the same held-out "
               "sequences; mean ± half the range over seeds (n)")
