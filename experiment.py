@@ -131,6 +131,7 @@ def check_ranges(target: Target, training: TrainSettings, system: System) -> Non
         if getattr(section, name) <= 0:
             raise UsageError(f"--{name}={getattr(section, name)} must be positive")
     rules = [(training.lr >= 0, f"--lr={training.lr} must be positive (or 0: the optimizer's rule, scaled by d_sae)"),
+             (training.encoder_init_norm > 0, f"--encoder_init_norm={training.encoder_init_norm} must be positive"),
              (training.optimizer in OPTIMIZERS, f"--optimizer={training.optimizer} is not one of {', '.join(OPTIMIZERS)}"),
              (0 <= training.lr_warm_up_frac <= 1 and 0 <= training.lr_decay_frac <= 1
               and training.lr_warm_up_frac + training.lr_decay_frac <= 1,
@@ -151,7 +152,8 @@ def check_ranges(target: Target, training: TrainSettings, system: System) -> Non
 
 # training settings a sweep may vary: SAEs trained together share every batch, so not the text, the
 # number of tokens or the batch shapes
-SWEEPABLE_TRAINING = ("optimizer", "lr", "seed", "lr_warm_up_frac", "lr_decay_frac", "dead_window_tokens")
+SWEEPABLE_TRAINING = ("optimizer", "lr", "seed", "lr_warm_up_frac", "lr_decay_frac", "dead_window_tokens",
+                      "encoder_init_norm")
 
 
 def parse_all(argv: list[str]) -> list[Config]:

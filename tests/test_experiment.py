@@ -310,6 +310,7 @@ BAD_INPUTS = [  # (arguments, what the one line must say)
     # the bad-input battery: zero, negative, out-of-range numbers, sweeps, out_dir, damaged files ...
     (["--lr=-1"], "--lr=-1.0 must be positive"),
     (["--optimizer=sgd"], "--optimizer=sgd is not one of adam, signum"),
+    (["--encoder_init_norm=0"], "--encoder_init_norm=0.0 must be positive"),
     (["--model_batch_size=0"], "--model_batch_size=0 must be positive"),
     (["--batch_size=-4"], "--batch_size=-4 must be positive"),
     (["--d_sae=-1"], "at least 1 feature"),

@@ -223,3 +223,17 @@ def test_pre_activations_start_centred_on_the_training_data(tiny_model, variant)
         pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
     scale = pre.abs().mean()
     assert pre.mean(0).abs().max() < 1e-4 * scale + 1e-5
+
+
+def test_encoder_init_norm_sets_each_encoder_row_norm_along_its_decoder_row(tiny_model):
+    """--encoder_init_norm scales the tied init: every encoder row (a W_enc column) starts with that norm
+    and the direction of its decoder row; 1 leaves SAELens's init as it was."""
+    from trainers.trainer import Training
+
+    buf = ActivationBuffer(tiny_model, make_sequences(n_seq=16), [HOOK], seqs_per_fill=4)
+    for norm in (1.0, 0.58):
+        sae = build("topk", n_steps=12, k=4)
+        Training(sae, buf, TrainSettings(n_tokens=12 * 8, batch_size=8, encoder_init_norm=norm))
+        rows = sae.W_enc.detach().T
+        assert torch.allclose(rows.norm(dim=1), torch.full((rows.shape[0],), norm), atol=1e-5)
+        assert torch.allclose(rows / norm, sae.W_dec.detach(), atol=1e-5)

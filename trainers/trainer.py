@@ -47,6 +47,8 @@ class TrainSettings:
     lr: float = 0.0  # 0: the optimizer's rule, which scales with d_sae (OPTIMIZERS); recorded as training.lr
     lr_warm_up_frac: float = 0.02  # adam only: schedule-free needs no schedule
     lr_decay_frac: float = 0.2  # adam only
+    encoder_init_norm: float = 1.0  # each encoder row's norm at the start (its direction is the decoder row's,
+    # SAELens's tied init); sparsify's nn.Linear init gives about 0.58, which sets sign-SGD's relative step
     dead_window_tokens: int = 100_000  # a feature that fired on none of the last this-many tokens is dead (AuxK
     # acts on it); capped at a quarter of the run, so that runs of any length can see dead features
     log_every: int = 20
@@ -255,6 +257,9 @@ class Training:
             with torch.no_grad():  # b_dec at the data mean: most of the residual's energy is its mean
                 sae.b_dec.data = buffer.mean_activation(hook_index).to(sae.b_dec)
             renormalize_decoder(sae)
+            if settings.encoder_init_norm != 1.0:  # 1: SAELens's W_enc = W_dec.T already has unit rows
+                with torch.no_grad():
+                    sae.W_enc.data *= settings.encoder_init_norm / sae.W_enc.norm(dim=0, keepdim=True)
         constrain_decoder(sae)
         self.grad_sync = distributed.GradientAverage(sae)  # under torchrun: gradients averaged over ranks
         self.lr = learning_rate(settings, sae.cfg.d_sae)
