@@ -624,7 +624,7 @@ def run(cfgs: list[Config], argv: list[str], resume: bool = False) -> int:
             codes.append(write(cfg, out, stage, loaded, result, evals, context, t_start, record))
         finished = True
     except KeyboardInterrupt:
-        if (work / checkpoint.NAME).is_dir() or written:
+        if checkpoint.present(work) or written:
             print(f"\ninterrupted; what finished is kept in {work}/. Resume with:\n"
                   f"    python experiment.py --out_dir={outs[0]} --resume", file=sys.stderr)
         else:
@@ -632,10 +632,11 @@ def run(cfgs: list[Config], argv: list[str], resume: bool = False) -> int:
             print("\ninterrupted before the first checkpoint; nothing was kept", file=sys.stderr)
         return 130
     finally:
-        if not finished and not (work / checkpoint.NAME).is_dir() and not written:
+        if not finished and not checkpoint.present(work) and not written:
             shutil.rmtree(work, ignore_errors=True)  # nothing to resume from: leave nothing behind
-    if any(r.failed for _, r, _ in trained) and (work / checkpoint.NAME).is_dir():
-        print(f"the last good checkpoint is kept in {work}/{checkpoint.NAME}", file=sys.stderr)
+    if any(r.failed for _, r, _ in trained) and checkpoint.present(work):
+        print(f"the last good checkpoint (the SAE before the failing step, for inspection) is kept in {work}/",
+              file=sys.stderr)
         for f in work.iterdir():  # the written runs' leftovers go; the checkpoint(s) stay
             if f.is_file():
                 f.unlink()

