@@ -317,6 +317,11 @@ def build_sae(cfg: Config, loaded: Loaded):
                                               decoder_init_norm=1.0, device=loaded.device, metadata=metadata)
 
 
+def rates(cfg: Config) -> dict[str, float] | None:
+    """The variant's own learning-rate rule, where it has one (trainers/__init__.py)."""
+    return getattr(VARIANTS[cfg.target.variant], "LEARNING_RATES", None)
+
+
 def train(cfgs: list[Config], loaded: Loaded, work: Path, resume: bool) -> list[tuple[object, TrainResult, Training]]:
     """Train every config's SAE together: SAEs with the same seed share each batch of one buffer (one
     forward pass, or one cache read, for all of them), each SAE at its own hook's row. Checkpoints go to
@@ -333,12 +338,12 @@ def train(cfgs: list[Config], loaded: Loaded, work: Path, resume: bool) -> list[
     if state is not None:
         for seed, buffer_state in state["buffers"].items():
             loaded.buffer(next(cfg.training for cfg in cfgs if cfg.training.seed == seed)).load_state_dict(buffer_state)
-        trainings = [Training(sae, loaded.buffer(cfg.training), cfg.training, hook_index=h, resumed=t)
+        trainings = [Training(sae, loaded.buffer(cfg.training), cfg.training, hook_index=h, resumed=t, rates=rates(cfg))
                      for cfg, sae, t, h in zip(cfgs, state["saes"], state["trainings"], hook_index)]
         print(f"[resume] training goes on from step {state['steps_done']} of {trainings[0].n_steps} ({path})")
     else:
-        trainings = [Training(build_sae(cfg, loaded), loaded.buffer(cfg.training), cfg.training, hook_index=h)
-                     for cfg, h in zip(cfgs, hook_index)]
+        trainings = [Training(build_sae(cfg, loaded), loaded.buffer(cfg.training), cfg.training, hook_index=h,
+                              rates=rates(cfg)) for cfg, h in zip(cfgs, hook_index)]
     system, training = cfgs[0].system, cfgs[0].training
     every_tokens = system.checkpoint_every_tokens or max(50_000, training.n_tokens // 10)
     save = ((lambda steps: checkpoint.save(work, trainings, loaded.buffers, steps, config))

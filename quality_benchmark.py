@@ -42,6 +42,7 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
+PREVIOUS_ADAM_LR = 4e-4
 SPARSIFY = ("eai-sparsify==1.3.3", "natsort==8.4.0")  # natsort: imported by sparsify's trainer module
 
 
@@ -61,11 +62,15 @@ def experiment(*args: str) -> None:
 def harness_runs(work: Path, budget: int, k: int, only: set[str], seeds: str, aux_seeds: str, core: list[str]) -> None:
     common = [f"--n_tokens={budget}", "--evals=core", *core, f"--notes={work / 'notes.txt'}", "--overwrite"]
     tag = lambda s: s.replace(",", "-")  # noqa: E731  (folders named by their seeds: a later command adds seeds beside)
-    if "topk" in only:
-        experiment(f"--out_dir={work / f'topk_seeds{tag(seeds)}'}", "--variant=topk", "--set", f"topk.k={k}",
-                   "--sweep", "optimizer=adam,signum", "--sweep", f"seed={seeds}", *common)
+    topk = ["--variant=topk", "--set", f"topk.k={k}"]
+    if "topk" in only:  # each optimizer at its default rate (lr 0: the rule)
+        experiment(f"--out_dir={work / f'topk_seeds{tag(seeds)}'}", *topk, "--sweep", "optimizer=adam,signum",
+                   "--sweep", f"seed={seeds}", *common)
+    if "previous" in only:  # the recipe before this benchmark: Adam at 4e-4 (2e-4 x sqrt(16384 / 4096))
+        experiment(f"--out_dir={work / f'topk_previous_seeds{tag(seeds)}'}", *topk, f"--lr={PREVIOUS_ADAM_LR}",
+                   "--sweep", f"seed={seeds}", *common)
     if "topk_aux" in only:
-        experiment(f"--out_dir={work / f'topk_aux_seeds{tag(aux_seeds)}'}", "--variant=topk", "--set", f"topk.k={k}", "--optimizer=signum",
+        experiment(f"--out_dir={work / f'topk_aux_seeds{tag(aux_seeds)}'}", *topk,
                    "--sweep", "topk.aux_loss_coefficient=0,0.25", "--sweep", f"seed={aux_seeds}", *common)
     if "relu" in only:
         experiment(f"--out_dir={work / f'relu_seeds{tag(seeds)}'}", "--variant=relu", "--sweep", "optimizer=adam,signum",
@@ -152,7 +157,8 @@ def results(work: Path) -> dict[str, list[dict]]:
     for f in sorted(work.glob("*/final_info.json")):
         info = json.loads(f.read_text())
         c = info["config"]
-        name = (f"{info['variant'].replace('topk', 'TopK').replace('relu', 'ReLU')} {c['training']['optimizer']}"
+        name = (f"{info['variant'].replace('topk', 'TopK').replace('relu', 'ReLU')} {c['training']['optimizer']} "
+                f"lr {info['summary']['lr']:g}"
                 + (f", AuxK {c['variant']['aux_loss_coefficient']:g}" if info["variant"] == "topk" else ""))
         if info["status"] != "ok":
             name += f" [FAILED: {'; '.join(info['failures'])}]"
@@ -177,7 +183,7 @@ def main(argv: list[str]) -> int:
     opts = dict(a.removeprefix("--").split("=", 1) for a in argv)
     budgets = [int(b) for b in opts.get("budgets", "100000,300000").split(",")]
     k = int(opts.get("k", 48))
-    only = set(opts.get("only", "topk,topk_aux,relu,sparsify").split(","))
+    only = set(opts.get("only", "topk,previous,topk_aux,relu,sparsify").split(","))
     base = ROOT / opts.get("work", ".cache/quality_benchmark")
     core = core_flags(int(opts.get("core_batches", 8)))
     sys.path.insert(0, str(ROOT))

@@ -14,6 +14,7 @@ import pytest
 from evals import EVALS
 from evals.core import key_numbers as core_key_numbers
 from trainers import VARIANTS
+from trainers.trainer import OPTIMIZERS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -240,6 +241,8 @@ def test_each_variant_runs_end_to_end_with_its_term_and_own_numbers_logged(tmp_p
         own = set(curves) - BASE_CURVES - {mod.LOSS_TERM[0] if mod.LOSS_TERM else None}
         assert any(v for k in own for v in curves[k]), f"{variant} logged nothing of its own: {sorted(curves)}"
     assert 0 < info["summary"]["l0"] < 4096 and info["core"] is not None
+    rate = {**OPTIMIZERS, **getattr(mod, "LEARNING_RATES", {})}["adam"]  # the variant's own rule where it has one
+    assert info["summary"]["lr"] == pytest.approx(rate * math.sqrt(16384 / info["config"]["target"]["d_sae"]))
     check_diagnostics(cwd / "run_1", info)
     # its feature pages show the variant's own groups beside the frequent and random ones
     chosen_as = info["features"]["chosen_as"]

@@ -145,6 +145,10 @@ def test_learning_rate_rule_scales_with_d_sae_and_an_explicit_lr_wins():
     assert learning_rate(TrainSettings(optimizer="signum"), 16384) == pytest.approx(5e-3)
     assert learning_rate(TrainSettings(optimizer="signum"), 65536) == pytest.approx(2.5e-3)
     assert learning_rate(TrainSettings(optimizer="signum", lr=1e-3), 4096) == 1e-3
+    rates = topk.LEARNING_RATES  # a variant's own rule replaces the shared one for its optimizers only
+    assert learning_rate(TrainSettings(), 4096, rates) == pytest.approx(1.6e-3)
+    assert learning_rate(TrainSettings(optimizer="signum"), 4096, rates) == pytest.approx(1e-2)
+    assert learning_rate(TrainSettings(lr=1e-4), 4096, rates) == 1e-4
 
 
 @pytest.mark.parametrize("variant", ["relu", "topk"])

@@ -73,12 +73,14 @@ class TrainSettings:
 
 # optimizer -> its learning rate at d_sae 16384, scaled by sqrt(16384 / d_sae) (sparsify's rules: wider SAEs
 # take smaller steps). Adam's gives 4e-4 at d_sae 4096, the harness's measured default before the rule.
+# A variant module may set its own (its LEARNING_RATES, measured: trainers/topk.py).
 OPTIMIZERS = {"adam": 2e-4, "signum": 5e-3}
 
 
-def learning_rate(settings: TrainSettings, d_sae: int) -> float:
-    """The learning rate a training uses: --lr when given, else its optimizer's rule at this d_sae."""
-    return settings.lr or OPTIMIZERS[settings.optimizer] * math.sqrt(16384 / d_sae)
+def learning_rate(settings: TrainSettings, d_sae: int, rates: dict[str, float] | None = None) -> float:
+    """The learning rate a training uses: --lr when given, else its optimizer's rule at this d_sae, from
+    `rates` (a variant's LEARNING_RATES) where it names the optimizer, else from OPTIMIZERS."""
+    return settings.lr or {**OPTIMIZERS, **(rates or {})}[settings.optimizer] * math.sqrt(16384 / d_sae)
 
 
 class SignSGD(torch.optim.Optimizer):
@@ -243,9 +245,9 @@ class Training:
     its SAE trains alone or beside others: a swept SAE equals the same SAE trained alone."""
 
     def __init__(self, sae, buffer: ActivationBuffer, settings: TrainSettings, hook_index: int = 0,
-                 resumed: dict | None = None):
+                 resumed: dict | None = None, rates: dict[str, float] | None = None):
         """`resumed`: a checkpoint's state of this training (trainers/checkpoint.py), whose SAE `sae` is:
-        the training goes on from there instead of starting."""
+        the training goes on from there instead of starting. `rates`: the variant's LEARNING_RATES."""
         self.n_steps = settings.n_steps
         if self.n_steps < 1:
             raise TrainingFailed(f"n_tokens={settings.n_tokens} < batch_size={settings.batch_size}: 0 training steps")
@@ -262,7 +264,7 @@ class Training:
                     sae.W_enc.data *= settings.encoder_init_norm / sae.W_enc.norm(dim=0, keepdim=True)
         constrain_decoder(sae)
         self.grad_sync = distributed.GradientAverage(sae)  # under torchrun: gradients averaged over ranks
-        self.lr = learning_rate(settings, sae.cfg.d_sae)
+        self.lr = learning_rate(settings, sae.cfg.d_sae, rates)
         self.trainer = SAETrainer(
             cfg=SAETrainerConfig(
                 total_training_samples=self.n_steps * settings.batch_size,
