@@ -2,13 +2,14 @@
 that prints a table, not a test). It sits beside experiment.py and reevaluate.py, whose commands it runs.
 
     python quality_benchmark.py [--budgets=100000,300000] [--work=.cache/quality_benchmark]
-                                         [--k=48] [--only=topk,topk_aux,relu,sparsify] [--core_batches=8]
+                                         [--k=48] [--only=topk,previous,topk_aux,relu,sparsify] [--core_batches=8]
                                          [--seeds=0,1,2] [--aux_seeds=0]
 
 For each budget (training tokens; batch 256, so budget // 256 steps), on the embedded default (Gemma 3
 270M, blocks.6.hook_resid_post, d_sae 4096, the same training documents and activation cache), it trains
 
-- harness TopK (k = --k): `--sweep optimizer=adam,signum` (AuxK 1/32), and signum with AuxK 0 and 1/4;
+- harness TopK (k = --k): `--sweep optimizer=adam,signum`, each at its default rate (AuxK 1/32); the
+  previous recipe (Adam 4e-4, `previous`); and the default with AuxK 0 and 1/4 (`topk_aux`);
 - harness ReLU + L1: `--sweep optimizer=adam,signum`;
 - sparsify 1.3.3's TopK at its own defaults (SparseCoder; schedule-free sign-SGD, momentum 0.95,
   lr 5e-3 x sqrt(16384 / d_sae); b_dec at the first batch's mean; FVU loss; no AuxK; raw model
@@ -16,7 +17,7 @@ For each budget (training tokens; batch 256, so budget // 256 steps), on the emb
   saved at the optimizer's averaged weights as sparsify saves, converted to SAELens's format (the
   conversion is checked: same reconstruction to 1e-4);
 
-each with every seed of --seeds (TopK and ReLU at both optimizers, sparsify; the AuxK variations with
+each with every seed of --seeds (TopK at both optimizers and the previous recipe, ReLU, sparsify; the AuxK variations with
 --aux_seeds), and scores every SAE with the harness's own core eval (same settings, same held-out sequences):
 explained variance (1 - FVU), CE-loss score, KL score, L0, and the dead fraction over the training's
 last dead-feature window (the harness's rule, applied to sparsify's firing too).
