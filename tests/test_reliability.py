@@ -123,10 +123,17 @@ def test_resume_without_anything_to_resume_is_one_line(tmp_path):
     assert proc.returncode == 2 and "--resume takes only --out_dir" in proc.stderr
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """The run's SIGINT as a foreground command's: a suite started in the background by a script (`cmd &`
+    without job control) passes SIGINT on ignored, and Python then never raises KeyboardInterrupt (the
+    run went on to exit 0 in such a fresh-clone check)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_keeps_the_checkpoint_says_how_to_resume_and_exits_130(reference):
     cwd, expected = reference
     proc = subprocess.Popen([sys.executable, str(ROOT / "experiment.py"), "--out_dir=run_4", *ARGS], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_as_in_a_terminal)
     deadline = time.time() + 900
     while steps_done(cwd / "run_4.partial") < 20 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -144,7 +151,7 @@ def test_ctrl_c_keeps_the_checkpoint_says_how_to_resume_and_exits_130(reference)
 def test_ctrl_c_during_the_evals_keeps_what_finished_says_how_to_resume_and_exits_130(reference):
     cwd, expected = reference
     proc = subprocess.Popen([sys.executable, str(ROOT / "experiment.py"), "--out_dir=run_6", *ARGS], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_as_in_a_terminal)
     stage = cwd / "run_6.partial" / "run_6"
     deadline = time.time() + 900
     while not (stage / "evals_done.pt").exists() and proc.poll() is None and time.time() < deadline:
