@@ -96,17 +96,20 @@ def _write_json(path: Path, data: dict) -> None:
         os.fsync(f.fileno())
 
 
+READ_ORDER = (NAME, f"{NAME}.old")  # where a resume looks: checkpoint.old/ is left by a kill between save's renames
+
+
 def present(folder: Path) -> bool:
     """Whether `folder` holds a checkpoint a resume could read (checkpoint/, or checkpoint.old/ alone when
     the run stopped between save's two renames): a folder holding one is never removed."""
-    return any((folder / name).is_dir() for name in (NAME, f"{NAME}.old"))
+    return any((folder / name).is_dir() for name in READ_ORDER)
 
 
 def find(folder: Path) -> Path | None:
     """The complete checkpoint in `folder` (checkpoint/, else checkpoint.old/ left by a kill between
     the two renames), or None if there is none at all; CheckpointError if there is one but it is
     incomplete or damaged."""
-    for name in (NAME, f"{NAME}.old"):
+    for name in READ_ORDER:
         path = folder / name
         if not path.is_dir():
             continue
