@@ -8,8 +8,8 @@ that prints a table, not a test). It sits beside experiment.py and reevaluate.py
 For each budget (training tokens; batch 256, so budget // 256 steps), on the embedded default (Gemma 3
 270M, blocks.6.hook_resid_post, d_sae 4096, the same training documents and activation cache), it trains
 
-- harness TopK (k = --k): `--sweep optimizer=adam,signum`, each at its default rate (AuxK 1/32); the
-  previous recipe (Adam 4e-4, `previous`); and the default with AuxK 0 and 1/4 (`topk_aux`);
+- harness TopK (k = --k): `--sweep optimizer=adam,signum`, each at its default rate (AuxK 4); the
+  previous recipe (Adam 4e-4, `previous`); and the default with AuxK 0 and Gao et al.'s 1/32 (`topk_aux`);
 - harness ReLU + L1: `--sweep optimizer=adam,signum`;
 - sparsify 1.3.3's TopK at its own defaults (SparseCoder; schedule-free sign-SGD, momentum 0.95,
   lr 5e-3 x sqrt(16384 / d_sae); b_dec at the first batch's mean; FVU loss; no AuxK; raw model
@@ -67,12 +67,12 @@ def harness_runs(work: Path, budget: int, k: int, only: set[str], seeds: str, au
     if "topk" in only:  # each optimizer at its default rate (lr 0: the rule)
         experiment(f"--out_dir={work / f'topk_seeds{tag(seeds)}'}", *topk, "--sweep", "optimizer=adam,signum",
                    "--sweep", f"seed={seeds}", *common)
-    if "previous" in only:  # the recipe before this benchmark: Adam at 4e-4 (2e-4 x sqrt(16384 / 4096))
+    if "previous" in only:  # the recipe before this benchmark: Adam at 4e-4 (the shared rule was 2e-4 x sqrt(16384 / 4096))
         experiment(f"--out_dir={work / f'topk_previous_seeds{tag(seeds)}'}", *topk, f"--lr={PREVIOUS_ADAM_LR}",
                    "--sweep", f"seed={seeds}", *common)
     if "topk_aux" in only:
         experiment(f"--out_dir={work / f'topk_aux_seeds{tag(aux_seeds)}'}", *topk,
-                   "--sweep", "topk.aux_loss_coefficient=0,0.25", "--sweep", f"seed={aux_seeds}", *common)
+                   "--sweep", "topk.aux_loss_coefficient=0,0.03125", "--sweep", f"seed={aux_seeds}", *common)
     if "relu" in only:
         experiment(f"--out_dir={work / f'relu_seeds{tag(seeds)}'}", "--variant=relu", "--sweep", "optimizer=adam,signum",
                    "--sweep", f"seed={seeds}", *common)

@@ -37,7 +37,8 @@ def with_evals(info, mcq=None, absorption=0.2):
 def contrastive_info():
     info = with_evals(fake_info("contrastive", 40.0), 0.3)
     info["training"]["curves"]["contrastive_loss"] = [None, 0.4, 0.5]  # a term that starts after step 1
-    info["config"] = {"variant": {"l1_coefficient": 1.0, "weight": 0.5}}
+    from trainers import contrastive  # its own default L1 is left out of the table's settings; the weight is not
+    info["config"] = {"variant": {"l1_coefficient": contrastive.Config().l1_coefficient, "weight": 0.5}}
     return info
 
 

@@ -141,12 +141,12 @@ def test_sign_sgd_moves_each_parameter_by_lr_against_the_sign_of_its_gradient():
 def test_learning_rate_rule_scales_with_d_sae_and_an_explicit_lr_wins():
     from trainers.trainer import learning_rate
 
-    assert learning_rate(TrainSettings(), 4096) == pytest.approx(4e-4)  # adam: 2e-4 x sqrt(16384 / 4096)
+    assert learning_rate(TrainSettings(), 4096) == pytest.approx(1.6e-3)  # adam: 8e-4 x sqrt(16384 / 4096)
     assert learning_rate(TrainSettings(optimizer="signum"), 16384) == pytest.approx(5e-3)
     assert learning_rate(TrainSettings(optimizer="signum"), 65536) == pytest.approx(2.5e-3)
     assert learning_rate(TrainSettings(optimizer="signum", lr=1e-3), 4096) == 1e-3
-    rates = topk.LEARNING_RATES  # a variant's own rule replaces the shared one for its optimizers only
-    assert learning_rate(TrainSettings(), 4096, rates) == pytest.approx(1.6e-3)
+    rates = {"adam": 2e-4}  # a variant's own rule (its LEARNING_RATES) replaces the shared one for its optimizers only
+    assert learning_rate(TrainSettings(), 4096, rates) == pytest.approx(4e-4)
     assert learning_rate(TrainSettings(optimizer="signum"), 4096, rates) == pytest.approx(1e-2)
     assert learning_rate(TrainSettings(lr=1e-4), 4096, rates) == 1e-4
 
