@@ -355,3 +355,37 @@ def test_topk_sparse_decoder_gives_the_dense_products_outputs_and_gradients():
         assert torch.allclose(results["on"][3][name], grad, atol=1e-5), name
     assert topk.uses_sparse_decoder(topk.Config(sparse_decoder="on"), "cpu")
     assert not topk.uses_sparse_decoder(topk.Config(sparse_decoder="off"), "cpu")
+
+
+def test_relu_auxk_equals_saelens_topk_aux_loss_and_teaches_only_dead_features():
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    from trainers import relu
+
+    torch.manual_seed(0)
+    x = torch.randn(12, 16) * 3
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::3] = True  # 22 dead: more than k_aux = 8, so the top 8 dead pre-activations per row, scale 1
+    sae = relu.build_sae(relu.Config(aux_loss_coefficient=0.5), 16, 64, 10, device="cpu")
+    reference = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=16, d_sae=64, k=5, aux_loss_coefficient=0.5, device="cpu",
+                                                      rescale_acts_by_decoder_norm=False))  # a plain W_dec, as ReLU's
+    reference.load_state_dict(sae.state_dict())
+    for mask in (dead, dead & (torch.arange(64) < 9)):  # 22 dead, then 3 (fewer than k_aux: scaled by 3 / 8)
+        feature_acts, hidden_pre = sae.encode_with_hidden_pre(x)
+        sae_out = sae.decode(feature_acts)
+        ours = sae.auxk_loss(x, sae_out, hidden_pre, mask)
+        theirs = reference.calculate_topk_aux_loss(x, sae_out, hidden_pre, mask)
+        assert ours.item() > 0 and ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+    # in a training step it is one more term of the loss; its gradient reaches only the dead features' rows
+    sae.zero_grad()
+    feature_acts, hidden_pre = sae.encode_with_hidden_pre(x)
+    sae.auxk_loss(x, sae.decode(feature_acts), hidden_pre, dead).backward()
+    assert sae.W_enc.grad[:, dead].abs().sum() > 0 and sae.W_enc.grad[:, ~dead].abs().sum() == 0
+    assert sae.W_dec.grad[dead].abs().sum() > 0 and sae.W_dec.grad[~dead].abs().sum() == 0
+    out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"l1": 1.0}, dead_neuron_mask=dead,
+                                                   n_training_steps=0, is_logging_step=False))
+    assert set(out.losses) == {"mse_loss", "l1_loss", "auxiliary_reconstruction_loss"}
+    off = relu.build_sae(relu.Config(), 16, 64, 10, device="cpu")  # the default: off, SAELens's two terms only
+    assert set(off.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"l1": 1.0}, dead_neuron_mask=dead,
+                                                        n_training_steps=0, is_logging_step=False)).losses) == {
+        "mse_loss", "l1_loss"}

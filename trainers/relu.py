@@ -2,9 +2,9 @@
 
 from dataclasses import dataclass
 
-from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
+from sae_lens import StandardTrainingSAEConfig
 
-from trainers.variant_sae import require
+from trainers.variant_sae import ReluSAE, require
 
 LOSS_TERM = None  # nothing beyond reconstruction + L1
 
@@ -15,12 +15,13 @@ class Config:
     # at 300k tokens (1 gave 34 at the previous 4e-4; README, quality per token)
     l1_coefficient: float = 0.6
     l1_warm_up_frac: float = 0.05  # fraction of steps over which the L1 coefficient ramps from 0
+    aux_loss_coefficient: float = 0.0  # AuxK for dead features, as TopK's (variant_sae.ReluSAE); 0: off
 
 
 def check(cfg: Config) -> None:
     """Settings that cannot work: one clear line (raised before the model is loaded)."""
-    require(cfg.l1_coefficient >= 0 and 0 <= cfg.l1_warm_up_frac <= 1,
-            "relu: l1_coefficient >= 0 and 0 <= l1_warm_up_frac <= 1 are required")
+    require(cfg.l1_coefficient >= 0 and 0 <= cfg.l1_warm_up_frac <= 1 and cfg.aux_loss_coefficient >= 0,
+            "relu: l1_coefficient >= 0, 0 <= l1_warm_up_frac <= 1 and aux_loss_coefficient >= 0 are required")
 
 
 def standard_config(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> StandardTrainingSAEConfig:
@@ -29,5 +30,5 @@ def standard_config(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) 
                                      l1_warm_up_steps=int(cfg.l1_warm_up_frac * n_steps), **common)
 
 
-def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> StandardTrainingSAE:
-    return StandardTrainingSAE(standard_config(cfg, d_in, d_sae, n_steps, **common))
+def build_sae(cfg: Config, d_in: int, d_sae: int, n_steps: int, **common) -> ReluSAE:
+    return ReluSAE(standard_config(cfg, d_in, d_sae, n_steps, **common), cfg.aux_loss_coefficient)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
+from sae_lens.saes.topk_sae import calculate_topk_aux_acts
 
 from trainers.metrics import masked_mean
 from trainers.trainer import StepData
@@ -35,12 +36,38 @@ def require(condition: bool, message: str) -> None:
         raise VariantSettingError(message)
 
 
-class VariantSAE(StandardTrainingSAE):
+class ReluSAE(StandardTrainingSAE):
+    """The baseline's SAE: SAELens's StandardTrainingSAE, plus, when `aux_loss_coefficient` > 0, the AuxK loss for
+    dead features that SAELens gives only its TopK SAE (TopKTrainingSAE.calculate_topk_aux_loss, which reads
+    TopK-only config fields, hence these lines; the same number: tests/test_variants.py): the top d_in / 2 dead
+    features' pre-activations reconstruct the live features' residual, scaled down when fewer are dead."""
+
+    def __init__(self, cfg: StandardTrainingSAEConfig, aux_loss_coefficient: float = 0.0):
+        super().__init__(cfg)
+        self.aux_loss_coefficient = aux_loss_coefficient
+
+    def calculate_aux_loss(self, step_input, feature_acts, hidden_pre, sae_out):
+        losses = super().calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out)
+        if self.aux_loss_coefficient > 0:
+            losses["auxiliary_reconstruction_loss"] = self.auxk_loss(step_input.sae_in, sae_out, hidden_pre,
+                                                                     step_input.dead_neuron_mask)
+        return losses
+
+    def auxk_loss(self, sae_in, sae_out, hidden_pre, dead_neuron_mask) -> torch.Tensor:
+        if dead_neuron_mask is None or (n_dead := int(dead_neuron_mask.sum())) == 0:
+            return self.W_dec.sum() * 0.0
+        k_aux = sae_in.shape[-1] // 2
+        acts = calculate_topk_aux_acts(min(k_aux, n_dead), hidden_pre, dead_neuron_mask)
+        error = (acts @ self.W_dec - (sae_in - sae_out).detach()).pow(2).sum(dim=-1).mean()
+        return self.aux_loss_coefficient * min(n_dead / k_aux, 1.0) * error
+
+
+class VariantSAE(ReluSAE):
     extra_loss_name = "extra_loss"
     training_only: tuple[str, ...] = ()  # submodule names not saved with the SAE
 
     def __init__(self, cfg: StandardTrainingSAEConfig, variant_cfg, n_steps: int):
-        super().__init__(cfg)
+        super().__init__(cfg, variant_cfg.aux_loss_coefficient)
         self.variant_cfg = variant_cfg
         self.n_steps = max(1, n_steps)
         self.step_metrics: dict[str, float] = {}
