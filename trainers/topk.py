@@ -26,7 +26,8 @@ LOSS_TERM = ("auxiliary_reconstruction_loss", "AuxK loss for dead features")
 class Config:
     k: int = 48
     # AuxK weight. Gao et al. (2024) use 1/32 on an aux loss divided by the residual's variance (as sparsify does);
-    # SAELens's aux loss is not divided (its docstring), so here 1/32 acts ~1/FVU (~16x) weaker. Measured by
+    # SAELens's aux loss is not divided (its docstring), so here 1/32 acts ~1/FVU (~16x) weaker; SAELens's own
+    # default is 1 (TopKTrainingSAEConfig). Measured by
     # quality_benchmark.py on the embedded default (Adam 1.6e-3, k 48, seed 0): dead fraction at 100k tokens
     # 0.044 (1/32), 0.027 (1/4), 0.010 (1), 0.001 (4), 0.000 (8), EV 0.9448 -> 0.9445 and CE-loss score
     # 0.9242 -> 0.9238 at 4 (inside the seed spread); at 300k 0.035 -> 0.003 dead, EV 0.9620 -> 0.9619,
