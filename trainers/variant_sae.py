@@ -55,11 +55,15 @@ class ReluSAE(StandardTrainingSAE):
 
     def auxk_loss(self, sae_in, sae_out, hidden_pre, dead_neuron_mask) -> torch.Tensor:
         if dead_neuron_mask is None or (n_dead := int(dead_neuron_mask.sum())) == 0:
-            return self.W_dec.sum() * 0.0
+            return self.zero_term()
         k_aux = sae_in.shape[-1] // 2
         acts = calculate_topk_aux_acts(min(k_aux, n_dead), hidden_pre, dead_neuron_mask)
         error = (acts @ self.W_dec - (sae_in - sae_out).detach()).pow(2).sum(dim=-1).mean()
         return self.aux_loss_coefficient * min(n_dead / k_aux, 1.0) * error
+
+    def zero_term(self) -> torch.Tensor:
+        """A 0 that is still part of the graph (so every step's loss has the same structure)."""
+        return self.W_dec.sum() * 0.0
 
 
 class VariantSAE(ReluSAE):
@@ -91,10 +95,6 @@ class VariantSAE(ReluSAE):
 
     def extra_loss(self, data: StepData, step_input, feature_acts, sae_out, losses) -> torch.Tensor:
         raise NotImplementedError
-
-    def zero_term(self) -> torch.Tensor:
-        """A 0 that is still part of the graph (so every step's loss has the same structure)."""
-        return self.W_dec.sum() * 0.0
 
     def state_dict(self, *args, **kwargs):  # what is saved: the SAE without its training-only parts
         out = super().state_dict(*args, **kwargs)
