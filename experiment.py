@@ -62,6 +62,7 @@ if __name__ == "__main__":  # before the imports below; importing this file as a
     offline_unless_hub_requested(sys.argv[1:])
 
 import torch  # noqa: E402
+from sae_lens import SAE  # noqa: E402
 
 from evals import DEFAULT_EVALS, EVALS  # noqa: E402
 from evals.context import EvalContext  # noqa: E402
@@ -364,6 +365,14 @@ def train(cfgs: list[Config], loaded: Loaded, work: Path, resume: bool) -> list[
 
 # ---- 4. evaluate ------------------------------------------------------------------------------
 
+def as_saved(sae, folder: Path, device) -> SAE:
+    """The SAE to evaluate: the one trained, or, where SAELens saves another architecture than it trains
+    (BatchTopK and Matryoshka as JumpReLU with the learned threshold: their training activation depends on
+    the whole batch), the SAE as saved, as SAEBench and every user will load it."""
+    saved = json.loads((folder / "cfg.json").read_text())["architecture"]
+    return sae if saved == sae.cfg.architecture() else SAE.load_from_disk(str(folder), device=str(device))
+
+
 def evaluate(cfg: Config, loaded: Loaded, sae, stage: Path, rng: tuple | None = None,
              progress: Path | None = None) -> tuple[dict[str, dict], EvalContext]:
     """Run every selected eval; one that crashes is recorded as an error (the run is marked failed),
@@ -623,6 +632,7 @@ def run(cfgs: list[Config], argv: list[str], resume: bool = False) -> int:
                 evals, context = {}, None
             else:
                 sae.save_inference_model(stage / "sae")
+                sae = as_saved(sae, stage / "sae", loaded.device)
                 # the RNG state this SAE's evals would meet had it been trained alone
                 evals, context = evaluate(cfg, loaded, sae, stage, training.rng, stage / "evals_done.pt")
             record = lambda: (written.append(out.name), write_json_atomic(work / "written.json", written))  # noqa: E731

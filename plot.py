@@ -235,8 +235,10 @@ def plot_scr_tpp_absorption(runs, out: Path) -> Path | None:
     return _save(fig, out / "scr_tpp_absorption.png")
 
 
-# One panel per variant that adds a term to the loss, from the variant registry (its LOSS_TERM).
-EXTRA_TERMS = {m.LOSS_TERM[0]: f"{name} ({m.LOSS_TERM[1]})" for name, m in VARIANTS.items() if m.LOSS_TERM}
+# One panel per term a variant adds to the loss, from the variant registry (its LOSS_TERM); variants that add
+# the same term (TopK's AuxK, also BatchTopK's and Matryoshka's) share its panel.
+EXTRA_TERMS = {term: ", ".join(n for n, m in VARIANTS.items() if m.LOSS_TERM and m.LOSS_TERM[0] == term) + f" ({what})"
+               for term, what in dict(m.LOSS_TERM for m in VARIANTS.values() if m.LOSS_TERM).items()}
 
 
 def plot_variant_terms(runs, out: Path) -> Path | None:

@@ -72,7 +72,7 @@ def test_training_resumed_from_a_checkpoint_in_fresh_objects_ends_bit_identical(
 
     def fresh():
         torch.manual_seed(settings.seed)
-        cfg = mod.Config(k=8) if variant == "topk" else mod.Config()
+        cfg = mod.Config(k=8) if hasattr(mod.Config(), "k") else mod.Config()  # the TopK family: k < d_sae 32
         sae = mod.build_sae(cfg, 16, 32, settings.n_steps, decoder_init_norm=1.0, metadata=SAEMetadata(**META))
         if variant == "adversarial":  # its labelled text pool, made here: the tiny model has no tokenizer
             g = torch.Generator().manual_seed(5)

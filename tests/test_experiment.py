@@ -236,7 +236,7 @@ def test_each_variant_runs_end_to_end_with_its_term_and_own_numbers_logged(tmp_p
         term = mod.LOSS_TERM[0]
         assert term in curves and len(curves[term]) == len(curves["step"])
         assert all(v is None or math.isfinite(v) for v in curves[term])
-    if hasattr(mod.build_sae(mod.Config(), 4, 8, 10, decoder_init_norm=1.0), "begin_step"):
+    if hasattr(mod.build_sae(mod.Config(), 4, 64, 10, decoder_init_norm=1.0), "begin_step"):
         # it was handed its step data: it logged numbers of its own (neighbour InfoNCE, domain rows, probe, ...)
         own = set(curves) - BASE_CURVES - {mod.LOSS_TERM[0] if mod.LOSS_TERM else None}
         assert any(v for k in own for v in curves[k]), f"{variant} logged nothing of its own: {sorted(curves)}"

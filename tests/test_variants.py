@@ -11,7 +11,7 @@ from sae_lens import SAE
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 
 from tests.conftest import make_sequences
-from trainers import VARIANTS, adversarial, contrastive, orthogonal, temporal
+from trainers import VARIANTS, adversarial, contrastive, orthogonal, relu, temporal
 from trainers.buffer import ActivationBuffer
 from trainers.data import Document
 from trainers.labelled_data import FORGET_TOPIC
@@ -295,7 +295,7 @@ def test_temporal_term_uses_queue_negatives_and_reaches_encoder_not_decoder():
 
 # ---- every variant through the shared trainer ---------------------------------------------------
 
-SEED_VARIANTS = [name for name, m in VARIANTS.items() if m.LOSS_TERM and name != "topk"]  # the VariantSAE ones
+SEED_VARIANTS = [name for name, m in VARIANTS.items() if m.LOSS_TERM and issubclass(m.Config, relu.Config)]  # VariantSAE
 
 
 def test_a_variant_that_was_not_handed_its_step_data_says_so():
@@ -389,3 +389,50 @@ def test_relu_auxk_equals_saelens_topk_aux_loss_and_teaches_only_dead_features()
     assert set(off.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"l1": 1.0}, dead_neuron_mask=dead,
                                                         n_training_steps=0, is_logging_step=False)).losses) == {
         "mse_loss", "l1_loss"}
+
+
+# ---- SAELens's reference architectures (BatchTopK, Matryoshka, JumpReLU) ---------------------------
+
+def test_matryoshka_levels_are_fractions_of_d_sae_merged_when_tiny_and_unordered_or_open_ones_are_refused():
+    from trainers import matryoshka
+
+    assert matryoshka.widths(matryoshka.Config(), 4096) == [256, 512, 1024, 2048, 4096]
+    assert matryoshka.widths(matryoshka.Config(levels="0.25,1"), 64) == [16, 64]
+    for bad in ("0.5,0.25,1", "0.25,0.5", "0,1", "a,1"):
+        with pytest.raises(VariantSettingError, match="matryoshka: levels"):
+            matryoshka.check(matryoshka.Config(levels=bad))
+    assert matryoshka.widths(matryoshka.Config(), 8) == [1, 2, 4, 8]  # 1/16 and 1/8 of 8 both round to 1 (at least)
+
+
+@pytest.mark.parametrize("variant", ["batchtopk", "matryoshka", "jumprelu"])
+def test_saelens_reference_variants_train_and_are_evaluated_as_the_jumprelu_sae_they_are_saved_as(tiny_model, variant,
+                                                                                                  tmp_path):
+    import experiment
+
+    mod = VARIANTS[variant]
+    cfg = mod.Config(k=6, levels="0.25,0.5,1") if variant == "matryoshka" else (
+        mod.Config(k=6) if variant == "batchtopk" else mod.Config(l0_coefficient=0.05))
+    buf = ActivationBuffer(tiny_model, make_sequences(n_seq=40), [HOOK], seqs_per_fill=10)
+    sae = mod.build_sae(cfg, 16, 32, 12, decoder_init_norm=1.0, metadata=SAEMetadata(**META))
+    result = train_sae(sae, buf, TrainSettings(n_tokens=12 * 32, batch_size=32, lr=1e-2, log_every=5))
+    curves = result.curves
+    assert all(math.isfinite(v) for v in curves["loss"])
+    if variant != "jumprelu":  # BatchTopK keeps k x batch activations of the batch: the mean L0 is k
+        assert result.final["l0"] == pytest.approx(6.0)
+    if variant == "matryoshka":  # each inner prefix's own reconstruction is part of the loss
+        assert {"inner_mse_loss_8", "inner_mse_loss_16"} <= set(curves) and "inner_mse_loss_32" not in curves
+    sae.eval()
+    sae.save_inference_model(tmp_path / "sae")
+    evaluated = experiment.as_saved(sae, tmp_path / "sae", "cpu")
+    assert evaluated.cfg.architecture() == "jumprelu"
+    assert (evaluated is sae) == (variant == "jumprelu")  # the others are evaluated as saved, not as trained
+    x = buf.next_batch(32).acts[:, 0].float()
+    threshold = sae.topk_threshold.float() if variant != "jumprelu" else sae.threshold.detach()
+    sae_in = x - sae.b_dec.detach() if sae.cfg.apply_b_dec_to_input else x
+    pre = sae_in @ sae.W_enc.detach() + sae.b_enc.detach()  # the saved JumpReLU by hand: pre-activation where above
+    if variant != "jumprelu":
+        pre = pre * sae.W_dec.detach().norm(dim=-1)  # BatchTopK ranks pre-activations x decoder norm (SAELens default)
+    by_hand = pre * (pre > threshold)
+    with torch.no_grad():
+        torch.testing.assert_close(evaluated.encode(x), by_hand, atol=1e-5, rtol=1e-5)
+    assert float(threshold.min()) > 0  # a threshold was learned (BatchTopK: from the kept activations' minimum)

@@ -18,6 +18,9 @@ from importlib import import_module
 VARIANTS = {
     "relu": import_module("trainers.relu"),
     "topk": import_module("trainers.topk"),
+    "batchtopk": import_module("trainers.batchtopk"),
+    "jumprelu": import_module("trainers.jumprelu"),
+    "matryoshka": import_module("trainers.matryoshka"),
     "contrastive": import_module("trainers.contrastive"),
     "orthogonal": import_module("trainers.orthogonal"),
     "adversarial": import_module("trainers.adversarial"),
