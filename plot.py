@@ -35,6 +35,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from trainers import VARIANTS  # noqa: E402
 
@@ -139,9 +140,38 @@ def plot_l0_vs_ce(runs, out: Path) -> Path | None:
         x, y = m["sparsity"]["l0"], m["model_performance_preservation"]["ce_loss_score"]
         ax.scatter(x, y, color=f"C{i}", s=50)
         ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set(xscale="log", xlabel="L0 (held-out)", ylabel="CE-loss score", title="sparsity vs. model-loss preservation")
+    ax.set(xlabel="L0 (held-out)", ylabel="CE-loss score", title="sparsity vs. model-loss preservation")
+    m = [r["info"]["core"]["eval_result_metrics"] for r in runs]
+    readable_axis(ax, "x", [x["sparsity"]["l0"] for x in m], log=True)
+    readable_axis(ax, "y", [x["model_performance_preservation"]["ce_loss_score"] for x in m])
     ax.grid(alpha=0.3)
     return _save(fig, out / "l0_vs_ce_loss.png")
+
+
+def plain_number(v: float, _pos=None) -> str:
+    """A tick label as a person writes it: 40, 0.857, 1e-05 (never matplotlib's 3.36422x10^1 or an offset)."""
+    return f"{v:.4g}"
+
+
+def readable_axis(ax, which: str, values, log: bool = False) -> None:
+    """Sensible limits and plain tick labels whatever the points' spread: at least 2% of their magnitude is
+    shown (near-identical points sit together instead of being blown up to a range of 1e-5 with an offset),
+    15% padding beyond their range otherwise; a log scale only where the values span 3x or more."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return
+    lo, hi = min(vals), max(vals)
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    set_lim, set_scale = (ax.set_xlim, ax.set_xscale) if which == "x" else (ax.set_ylim, ax.set_yscale)
+    if log and lo > 0 and hi / lo >= 3:
+        set_scale("log")
+        set_lim(lo / 1.25, hi * 1.25)
+        axis.set_major_formatter(FuncFormatter(plain_number))
+        axis.set_minor_formatter(NullFormatter())
+        return
+    pad = max((hi - lo) * 0.15, max(abs(lo), abs(hi), 1e-12) * 0.01)
+    set_lim(lo - pad, hi + pad)
+    axis.set_major_formatter(FuncFormatter(plain_number))
 
 
 def _with(runs, key):

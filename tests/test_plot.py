@@ -95,3 +95,29 @@ def test_runs_table_gives_the_baseline_seed_spread_and_marks_what_is_within_it_a
     spread = row["baseline seed spread (max - min)"]
     assert mean[l0] == "32" and spread[l0] == "4"
     assert any("noise, not a finding" in line for line in table)
+
+
+def test_l0_vs_ce_has_plain_ticks_and_sane_limits_for_near_identical_and_for_widely_spread_runs(tmp_path, monkeypatch):
+    import plot
+
+    drawn = {}
+    monkeypatch.setattr(plot, "_save", lambda fig, path: drawn.setdefault("fig", fig))
+    for points in ([(33.6422, 0.856710), (33.6423, 0.856715)], [(3.0, 0.2), (400.0, 0.99)]):
+        runs = []
+        for i, (l0, ce) in enumerate(points):
+            info = fake_info("relu", l0)
+            info["core"]["eval_result_metrics"]["model_performance_preservation"]["ce_loss_score"] = ce
+            runs.append({"name": f"run_{i}", "label": f"run_{i}: relu", "info": info})
+        drawn.clear()
+        plot.plot_l0_vs_ce(runs, tmp_path)
+        ax = drawn["fig"].axes[0]
+        drawn["fig"].canvas.draw()
+        for axis in (ax.xaxis, ax.yaxis):
+            labels = [t.get_text() for t in axis.get_ticklabels() if t.get_text()]
+            assert labels and axis.get_offset_text().get_text() == ""  # no "1e-5+8.567e-1"
+            assert not any("10^" in s or "times" in s or "$" in s for s in labels), labels
+            assert len(set(labels)) == len(labels), labels  # no label written eight times over
+        lo, hi = ax.get_ylim()
+        assert lo < min(ce for _, ce in points) and hi > max(ce for _, ce in points)
+        assert hi - lo >= 0.01 * 0.85  # near-identical points: at least 2% of the magnitude is shown
+        assert ax.get_xscale() == ("log" if points[1][0] / points[0][0] >= 3 else "linear")
