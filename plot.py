@@ -15,6 +15,10 @@ diagnostics.png      the seeds' diagnostics per run: NMI, silhouette, MIG, featu
                      forget/retain separation, auto-correlation by lag, firing mutual information
 final_metrics.png    the seeds' own summary figure: final training loss and steps, explained variance, MSE, KL
 index.html           one page for everything: the runs table, every figure, and a link to each run's feature pages
+frontiers.png        L0 against CE-loss score, explained variance and each variant's target metric, one line per
+                     variant along its sparsity setting, the seeds' range shaded (compare.py's runs)
+frontier_table.md    each variant against the baseline at matched L0 (20, 40, 80): values, difference, and whether
+                     it exceeds the seed spread
 runs_table.md        one row per run: variant, settings changed from the defaults, L0, EV, CE/KL score, diagnostics;
                      with >= 3 baseline seeds of one budget: their mean, spread, and "~" on numbers within it
 A run without a core eval is left out of the figures that need it; a failed run is labelled so.
@@ -470,6 +474,153 @@ img{{max-width:100%;border:1px solid #eee}} .dim{{color:#888}}</style></head><bo
 <h2>Feature pages</h2><ul>{"".join(links)}</ul><h2>Figures</h2>{figures}</body></html>""")
     return path
 
+# ---- the sparsity frontier: metrics against L0, per variant, beside the baseline's seeds ----------------
+
+BASELINE = "relu"
+FRONTIER_METRICS = [("CE-loss score", ("summary", "ce_loss_score")), ("explained variance", ("summary", "explained_variance")),
+                    ("KL score", ("summary", "kl_div_score"))]
+MATCHED_L0 = (20, 40, 80)
+
+
+def lookup(info: dict, path) -> float | None:
+    v = info
+    for key in path:
+        v = v.get(key) if isinstance(v, dict) else None
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def frontier_series(runs) -> dict[tuple[str, str], dict]:
+    """(comparison key, series label) -> {"variant", "seeds": {seed: [(L0, info), ...] by L0}} for every finished
+    run with a core eval: a series is one variant with one setting of everything but its sparsity setting (its
+    SPARSITY knob) and the seed; the comparison key is the run's model, hook, data and training settings."""
+    out: dict[tuple[str, str], dict] = {}
+    for r in runs:
+        info = r["info"]
+        variant, cfg = VARIANTS.get(info.get("variant")), info.get("config", {})
+        l0 = lookup(info, ("summary", "l0"))
+        if variant is None or info.get("status") != "ok" or l0 is None or not isinstance(cfg.get("target"), dict):
+            continue
+        knob = variant.SPARSITY[0]
+        key = json.dumps([{k: v for k, v in cfg["target"].items() if k != "variant"},
+                          {k: v for k, v in cfg.get("training", {}).items() if k != "seed"}], sort_keys=True)
+        others = ", ".join(s for s in changed_settings(info).split(", ") if not s.startswith(f"{knob}="))
+        label = info["variant"] + ("" if others in ("", "defaults") else f" ({others})")
+        series = out.setdefault((key, label), {"variant": info["variant"], "seeds": {}})
+        series["seeds"].setdefault(cfg["training"].get("seed", 0), []).append((l0, info))
+    for series in out.values():
+        for points in series["seeds"].values():
+            points.sort(key=lambda p: p[0])
+    return out
+
+
+def at_l0(points, target: float, path) -> float | None:
+    """The metric at L0 = target, linear in log L0 between the two nearest points; None outside the points'
+    L0 range (no extrapolation) or where a needed value is missing."""
+    xs = [math.log(l0) for l0, info in points if l0 > 0 and lookup(info, path) is not None]
+    ys = [lookup(info, path) for l0, info in points if l0 > 0 and lookup(info, path) is not None]
+    if len(xs) < 2 or not xs[0] <= math.log(target) <= xs[-1]:
+        return None
+    return float(np.interp(math.log(target), xs, ys))
+
+
+def matched(series: dict, target: float, path) -> tuple[float | None, float | None, int]:
+    """(mean over seeds, spread max - min over seeds or None with one seed, seeds) at L0 = target."""
+    values = [v for v in (at_l0(p, target, path) for p in series["seeds"].values()) if v is not None]
+    if not values:
+        return None, None, 0
+    return float(np.mean(values)), (float(max(values) - min(values)) if len(values) > 1 else None), len(values)
+
+
+def target_metrics(variant: str) -> list[tuple[str, tuple]]:
+    return list(getattr(VARIANTS.get(variant), "TARGET_METRICS", ()))
+
+
+def write_matched_table(runs, out: Path) -> Path | None:
+    """frontier_table.md: for every variant and metric, its value at fixed L0s (interpolated along its frontier),
+    the baseline's, the difference, and whether the difference exceeds the seed spread (max - min over seeds of
+    the baseline, and of the variant where it has several): only then is it a finding."""
+    all_series = frontier_series(runs)
+    keys = {key for key, label in all_series if label == BASELINE}
+    lines = []
+    for key in sorted(keys):
+        base = all_series[(key, BASELINE)]
+        others = [(label, s) for (k, label), s in sorted(all_series.items()) if k == key and label != BASELINE]
+        setup = json.loads(key)
+        lines += [f"## {setup[1].get('n_tokens', 0):,} training tokens, {setup[0].get('model')} {setup[0].get('hook')}",
+                  f"Baseline: {BASELINE}, {len(base['seeds'])} seed(s). Each cell: the variant's value at that L0 "
+                  "(mean over its seeds), the baseline's, the difference, and whether it exceeds the seed spread "
+                  "(the larger of the baseline's and the variant's max - min over seeds): **yes** is a finding, "
+                  "no is no measurable difference at this budget; - where an L0 lies outside a frontier's range.", ""]
+        metrics = FRONTIER_METRICS + [m for label, s in others for m in target_metrics(s["variant"]) if m not in FRONTIER_METRICS]
+        for name, path in dict.fromkeys(metrics):
+            rows = []
+            for label, s in others:
+                if (name, path) not in FRONTIER_METRICS and (name, path) not in target_metrics(s["variant"]):
+                    continue
+                cells = []
+                for l0 in MATCHED_L0:
+                    v, v_spread, _ = matched(s, l0, path)
+                    b, b_spread, n_base = matched(base, l0, path)
+                    if v is None or b is None:
+                        cells.append("-")
+                        continue
+                    spread = max(x for x in (b_spread, v_spread, 0.0) if x is not None)
+                    verdict = ("no seed spread" if b_spread is None and v_spread is None
+                               else ("**yes**" if abs(v - b) > spread else "no"))
+                    cells.append(f"{v:.4g} vs {b:.4g}: {v - b:+.3g} (spread {spread:.2g}) {verdict}")
+                rows.append(f"| {label} | " + " | ".join(cells) + " |")
+            if rows:
+                lines += [f"### {name}", "", "| variant | " + " | ".join(f"L0 {l0}" for l0 in MATCHED_L0) + " |",
+                          "|---|" + "---|" * len(MATCHED_L0), *rows, ""]
+    if not lines:
+        return None
+    path = out / "frontier_table.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def plot_frontiers(runs, out: Path) -> Path | None:
+    """frontiers.png: L0 against CE-loss score, explained variance and each variant's target metric, one line per
+    variant (mean over its seeds at each setting), the baseline's seed range shaded."""
+    all_series = frontier_series(runs)
+    keys = sorted({key for key, label in all_series if label == BASELINE})
+    if not keys:
+        return None
+    series = {label: s for (k, label), s in all_series.items() if k == keys[0]}  # the first comparison drawn
+    targets = [m for s in series.values() for m in target_metrics(s["variant"])]
+    panels = [(n, p, None) for n, p in FRONTIER_METRICS[:2]] + [(n, p, n) for n, p in dict.fromkeys(targets)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
+    colours = {label: f"C{i}" for i, label in enumerate(sorted(series, key=lambda x: (x != BASELINE, x)))}
+    for ax, (name, path, target) in zip(axes[0], panels):
+        xs_all, ys_all = [], []
+        for label, s in sorted(series.items(), key=lambda x: (x[0] != BASELINE, x[0])):
+            if target and label != BASELINE and (name, path) not in target_metrics(s["variant"]):
+                continue
+            knob = VARIANTS[s["variant"]].SPARSITY[0]
+            by_setting: dict[str, list[tuple[float, float]]] = {}  # the seeds of one sparsity setting together
+            for points in s["seeds"].values():
+                for l0, info in points:
+                    if lookup(info, path) is not None:
+                        by_setting.setdefault(str(info["config"]["variant"].get(knob)), []).append((l0, lookup(info, path)))
+            rows = sorted((float(np.mean([p[0] for p in v])), float(np.mean([p[1] for p in v])),
+                           min(p[1] for p in v), max(p[1] for p in v)) for v in by_setting.values())
+            if not rows:
+                continue
+            x, y, lo, hi = (list(c) for c in zip(*rows))
+            n_seeds = len(s["seeds"])
+            ax.plot(x, y, "o-", color=colours[label], lw=2 if label == BASELINE else 1.3,
+                    label=label + (f" ({n_seeds} seeds)" if n_seeds > 1 else ""))
+            if n_seeds > 1:
+                ax.fill_between(x, lo, hi, color=colours[label], alpha=0.18 if label == BASELINE else 0.1, lw=0)
+            xs_all += x
+            ys_all += lo + hi
+        ax.set(xlabel="L0 (held-out)", ylabel=name, title=f"{name} against L0" + (" (its target)" if target else ""))
+        readable_axis(ax, "x", xs_all, log=True)
+        readable_axis(ax, "y", ys_all)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, out / "frontiers.png")
+
 
 def main(argv: list[str]) -> int:
     opts = {"runs_glob": "run_*", "out": "figures"}
@@ -486,8 +637,10 @@ def main(argv: list[str]) -> int:
     out = Path(opts["out"])
     out.mkdir(parents=True, exist_ok=True)
     figures = (plot_training_curves, plot_core_metrics, plot_sparsity, plot_l0_vs_ce, plot_sparse_probing,
-               plot_unlearning, plot_scr_tpp_absorption, plot_variant_terms, plot_diagnostics, plot_final_metrics)
+               plot_unlearning, plot_scr_tpp_absorption, plot_variant_terms, plot_diagnostics, plot_final_metrics,
+               plot_frontiers)
     written = [p for p in (f(runs, out) for f in figures) if p] + [write_table(runs, out)]
+    written += [p for p in [write_matched_table(runs, out)] if p]
     written.append(write_index(runs, out, written))
     print(f"{len(runs)} runs -> " + ", ".join(str(p) for p in written))
     return 0

@@ -1,7 +1,10 @@
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,3 +124,47 @@ def test_l0_vs_ce_has_plain_ticks_and_sane_limits_for_near_identical_and_for_wid
         assert lo < min(ce for _, ce in points) and hi > max(ce for _, ce in points)
         assert hi - lo >= 0.01 * 0.85  # near-identical points: at least 2% of the magnitude is shown
         assert ax.get_xscale() == ("log" if points[1][0] / points[0][0] >= 3 else "linear")
+
+
+def frontier_run(variant, seed, knob_value, l0, ce, **diagnostics):
+    from trainers import VARIANTS
+
+    mod = VARIANTS[variant]
+    settings = {**dataclasses.asdict(mod.Config()), mod.SPARSITY[0]: knob_value}
+    info = fake_info(variant, l0)
+    info["summary"].update({"ce_loss_score": ce, "explained_variance": ce + 0.05, "kl_div_score": ce})
+    info["config"] = {"target": {"variant": variant, "model": "m", "hook": "h", "d_sae": 64},
+                      "training": {"seed": seed, "n_tokens": 768}, "variant": settings}
+    info["diagnostics"] = {"status": "ok", **diagnostics}
+    return {"name": f"{variant}_{seed}_{knob_value}", "label": variant, "info": info}
+
+
+def test_matched_l0_table_interpolates_in_log_l0_and_calls_a_finding_only_beyond_the_seed_spread(tmp_path):
+    import plot
+
+    runs = []
+    for seed, shift in ((0, 0.0), (1, 0.01), (2, -0.01)):  # baseline CE at L0 20 / 40 / 80: 0.80 / 0.85 / 0.90 +- 0.01
+        for l1, l0, ce in ((2.0, 10, 0.75), (1.0, 20, 0.80), (0.5, 40, 0.85), (0.25, 80, 0.90)):
+            runs.append(frontier_run("relu", seed, l1, l0, ce + shift, silhouette=0.1))
+    # topk: points at L0 10 and 40, so at L0 20 (halfway in log L0) the mean of the two; beyond L0 40: no value
+    runs += [frontier_run("topk", 0, 10, 10, 0.80), frontier_run("topk", 0, 40, 40, 0.90)]
+    # contrastive: its CE equals the baseline's to within the spread; its silhouette (its target) is higher
+    runs += [frontier_run("contrastive", 0, l1, l0, ce + 0.005, silhouette=0.3)
+             for l1, l0, ce in ((2.0, 10, 0.75), (1.0, 20, 0.80), (0.5, 40, 0.85), (0.25, 80, 0.90))]
+    series = plot.frontier_series(runs)
+    assert sorted(label for _, label in series) == ["contrastive", "relu", "topk"]
+    base = next(s for (_, label), s in series.items() if label == "relu")
+    mean, spread, n = plot.matched(base, 20, ("summary", "ce_loss_score"))
+    assert (round(mean, 6), round(spread, 6), n) == (0.8, 0.02, 3)
+    topk = next(s for (_, label), s in series.items() if label == "topk")
+    assert plot.at_l0(topk["seeds"][0], 20, ("summary", "ce_loss_score")) == pytest.approx(0.85)
+    assert plot.at_l0(topk["seeds"][0], 80, ("summary", "ce_loss_score")) is None  # no extrapolation
+    table = plot.write_matched_table(runs, tmp_path).read_text()
+    ce = table[table.index("### CE-loss score"):table.index("### explained variance")]
+    assert "| topk | 0.85 vs 0.8: +0.05 (spread 0.02) **yes** | 0.9 vs 0.85: +0.05 (spread 0.02) **yes** | - |" in ce
+    assert "| contrastive | 0.805 vs 0.8: +0.005 (spread 0.02) no |" in ce
+    sil = table[table.index("### silhouette"):]
+    assert "| contrastive | 0.3 vs 0.1: +0.2 (spread 0) **yes**" in sil and "topk" not in sil  # only its target
+    # the figure: one panel per frontier metric and target, drawn, with the baseline's spread shaded
+    path = plot.plot_frontiers(runs, tmp_path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20000

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def project_modules() -> dict[str, Path]:
     """module name -> file, for every module of the project (tests excluded)."""
     out = {"experiment": ROOT / "experiment.py", "plot": ROOT / "plot.py", "reevaluate": ROOT / "reevaluate.py",
-           "quality_benchmark": ROOT / "quality_benchmark.py"}
+           "quality_benchmark": ROOT / "quality_benchmark.py", "compare": ROOT / "compare.py"}
     for package in ("trainers", "evals"):
         for path in sorted((ROOT / package).glob("*.py")):
             out[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
@@ -58,7 +58,7 @@ def test_imports_run_one_way_and_form_no_circle():
     assert {"trainers.relu", "trainers.temporal"} <= graph["trainers"] and "evals.core" in graph["evals"]
     for name, deps in graph.items():
         # reevaluate.py and quality_benchmark.py are scripts on top of experiment's stages
-        top = {"experiment", "plot", "reevaluate", "quality_benchmark"} - (
+        top = {"experiment", "plot", "reevaluate", "quality_benchmark", "compare"} - (
             {"experiment"} if name in ("reevaluate", "quality_benchmark") else set())
         assert not deps & top, f"{name} imports a top-level script: {deps & top}"
         if name.startswith("trainers"):
@@ -116,6 +116,10 @@ def test_every_registered_variant_keeps_the_contract():
         assert module.LOSS_TERM is None or (len(module.LOSS_TERM) == 2 and all(module.LOSS_TERM)), name
         if hasattr(sae, "extra_loss_name"):  # a VariantSAE: its term is logged under the registered name
             assert module.LOSS_TERM[0] == sae.extra_loss_name, name
+        knob, grid = module.SPARSITY  # the comparison's sparsity setting and its >= 4 points
+        assert knob in dataclasses.asdict(cfg) and len(grid) >= 4 and len(set(grid)) == len(grid), name
+        for label, path in getattr(module, "TARGET_METRICS", ()):
+            assert label and path[0] in ("diagnostics", "scr", "tpp", "summary"), name
         for attr in ("current_batch", "buffer"):  # nothing is set on it from outside any more
             assert not hasattr(sae, attr), name
 

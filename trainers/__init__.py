@@ -8,6 +8,9 @@ A variant module has:
 - `build_sae(cfg, d_in, d_sae, n_steps, **common)`: its SAELens training SAE; one that needs more
   than its input rows (neighbours, domain tags, labelled text) defines `begin_step(StepData)`;
 - `LOSS_TERM`: (name in the training curves, what it is) of the term it adds to the loss, or None;
+- `SPARSITY`: (the setting that sets its sparsity, the values compare.py trains it at, sparsest first);
+- optionally `TARGET_METRICS`: ((label, path in final_info.json), ...), what its term aims to move, drawn
+  against L0 beside the baseline by plot.py;
 - optionally `LEARNING_RATES`: {optimizer: rate at d_sae 16384}, its own measured default rates, over
   trainers/trainer.py's OPTIMIZERS (scaled by sqrt(16384 / d_sae) alike).
 Adding a variant is its file plus one line below; plot.py and the tests take their lists from here.

@@ -30,6 +30,8 @@ from trainers.trainer import StepData
 from trainers.variant_sae import TextPool, VariantSAE, ema, require
 
 LOSS_TERM = ("adversarial_loss", "margin penalty x lambda x max(A-0.5, 0.1)")
+SPARSITY = relu.SPARSITY
+TARGET_METRICS = (("SCR top-20", ("scr", "metric_by_n_latents", "20")),)  # what it aims to raise (needs --evals=scr)
 SPURIOUS_ATTRIBUTE = "language"  # of the SCR set: en vs fr
 
 

@@ -18,6 +18,7 @@ from trainers.topk import Config as TopKConfig
 from trainers.variant_sae import require
 
 LOSS_TERM = ("auxiliary_reconstruction_loss", "AuxK loss for dead features")
+SPARSITY = ("k", (10, 25, 60, 150))  # the comparison's grid (compare.py): the mean L0 in training is k
 
 
 @dataclass

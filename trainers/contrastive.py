@@ -29,6 +29,8 @@ from trainers.trainer import StepData
 from trainers.variant_sae import TextPool, VariantSAE, ema, info_nce, linear_ramp, neighbour_pairs, require
 
 LOSS_TERM = ("contrastive_loss", "InfoNCE x dynamic weight")
+SPARSITY = relu.SPARSITY
+TARGET_METRICS = (("silhouette", ("diagnostics", "silhouette")), ("NMI", ("diagnostics", "nmi")))  # what it aims to raise
 
 
 @dataclass

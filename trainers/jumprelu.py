@@ -9,6 +9,7 @@ from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEC
 from trainers.variant_sae import require
 
 LOSS_TERM = ("l0_loss", "L0 penalty, straight-through")
+SPARSITY = ("l0_coefficient", (1.0, 0.3, 0.1, 0.03))  # the comparison's grid (compare.py), highest sparsity first; not yet calibrated to span L0 10-150
 
 
 @dataclass

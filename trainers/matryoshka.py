@@ -14,6 +14,7 @@ from trainers.batchtopk import check as batchtopk_check
 from trainers.variant_sae import VariantSettingError, require
 
 LOSS_TERM = ("auxiliary_reconstruction_loss", "AuxK loss for dead features")
+SPARSITY = ("k", (10, 25, 60, 150))  # the comparison's grid (compare.py): the mean L0 in training is k
 
 
 @dataclass

@@ -26,6 +26,9 @@ from trainers.trainer import StepData
 from trainers.variant_sae import VariantSAE, VariantSettingError, ema, exp_ramp, require
 
 LOSS_TERM = ("orthogonality_loss", "forget x retain decoder cos^2 x ramp")
+SPARSITY = relu.SPARSITY
+# what it aims to move: forget and retain features' decoder directions apart (lower is more separated)
+TARGET_METRICS = (("forget x retain abs cos", ("diagnostics", "cross_group_decoder_abs_cos")),)
 
 STATS = ("freq", "mean", "sq", "max")
 

@@ -7,6 +7,7 @@ from sae_lens import StandardTrainingSAEConfig
 from trainers.variant_sae import ReluSAE, require
 
 LOSS_TERM = None  # nothing beyond reconstruction + L1
+SPARSITY = ("l1_coefficient", (2.0, 1.0, 0.4, 0.15))  # the comparison's grid (compare.py), highest sparsity first; not yet calibrated to span L0 10-150
 
 
 @dataclass

@@ -22,6 +22,8 @@ from trainers.trainer import StepData
 from trainers.variant_sae import VariantSAE, neighbour_pairs, require
 
 LOSS_TERM = ("temporal_loss", "InfoNCE over time x weight")
+SPARSITY = relu.SPARSITY
+TARGET_METRICS = (("autocorr lag 1", ("diagnostics", "autocorrelation", "1")),)  # what it aims to raise
 
 
 @dataclass

@@ -20,6 +20,7 @@ from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 from trainers.variant_sae import require
 
 LOSS_TERM = ("auxiliary_reconstruction_loss", "AuxK loss for dead features")
+SPARSITY = ("k", (10, 25, 60, 150))  # the comparison's grid (compare.py), highest sparsity first: L0 = k
 
 
 @dataclass

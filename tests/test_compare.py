@@ -1,0 +1,46 @@
+"""compare.py: the comparison's commands (every variant along its SPARSITY grid, the baselines at every seed),
+bad options in one line, and a variant whose runs are complete is not trained again."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compare(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "compare.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_dry_run_lists_one_sweep_per_variant_over_its_sparsity_grid_with_the_baselines_at_every_seed(tmp_path):
+    from trainers import VARIANTS
+
+    proc = compare("--dry_run", f"--out={tmp_path}", "--seeds=0,1,2", "--", "--set", "core.reconstruction_batches=2")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("$ ")]
+    assert len(lines) == len(VARIANTS)
+    for variant, line in zip(VARIANTS, lines):
+        knob, grid = VARIANTS[variant].SPARSITY
+        assert f"--variant={variant} --sweep {variant}.{knob}=" + ",".join(f"{v:g}" for v in grid) in line
+        assert ("--sweep seed=0,1,2" if variant in ("relu", "topk") else "--sweep seed=0 ") in line
+        assert ("scr" in line.split("--evals=")[1].split()[0]) == (variant == "adversarial")  # its target's eval
+        assert line.endswith("--set core.reconstruction_batches=2")  # flags after -- reach experiment.py
+    n = sum(len(VARIANTS[v].SPARSITY[1]) * (3 if v in ("relu", "topk") else 1) for v in VARIANTS)
+    assert f"{len(VARIANTS)} variants, {n} SAEs" in proc.stdout
+
+
+def test_a_variant_with_all_its_runs_complete_is_skipped_and_bad_options_get_one_line(tmp_path):
+    from trainers import VARIANTS
+
+    for i in range(len(VARIANTS["topk"].SPARSITY[1])):
+        (tmp_path / f"topk_{i}").mkdir()
+        (tmp_path / f"topk_{i}" / "final_info.json").write_text(json.dumps({"status": "ok"}))
+    proc = compare("--dry_run", f"--out={tmp_path}", "--variants=topk,relu", "--seeded=relu")
+    assert proc.returncode == 0 and "topk: its 4 runs are complete" in proc.stdout
+    assert "--variant=relu" in proc.stdout and "--variant=topk" not in proc.stdout
+    for bad, says in (("--variants=relu,nope", "no variant 'nope'"), ("--frobnicate=1", "is not an option")):
+        proc = compare("--dry_run", bad)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
