@@ -59,21 +59,52 @@ def load_runs(pattern: str) -> list[dict]:
     return sorted(runs, key=key)
 
 
+def seed_group(info: dict) -> str | None:
+    """What a run shares with the other seeds of the same setting: its whole config but the seed and where it
+    is written (None for runs made before the config had sections)."""
+    cfg = info.get("config", {})
+    if not isinstance(cfg.get("target"), dict):
+        return None
+    return json.dumps({k: ({f: v for f, v in section.items() if f != "seed"} if k == "training" else section)
+                       for k, section in cfg.items() if k not in ("system", "sweep")}, sort_keys=True, default=str)
+
+
+def seed_ranges(runs, values) -> list[tuple[float, float] | None]:
+    """For each run, (min, max) of `values` over the runs that are seeds of its setting (None where it has none)."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(runs):
+        key = seed_group(r["info"])
+        if key is not None:
+            groups.setdefault(key, []).append(i)
+    out: list[tuple[float, float] | None] = [None] * len(runs)
+    for members in groups.values():
+        vs = [values[i] for i in members if values[i] is not None and math.isfinite(values[i])]
+        if len(members) > 1 and len(vs) == len(members):
+            for i in members:
+                out[i] = (min(vs), max(vs))
+    return out
+
+
 def _bars(ax, runs, values, title, ylabel=None):
     labels = [r["label"] for r in runs]
     bars = ax.bar(range(len(values)), values, color=[f"C{i}" for i in range(len(values))])
+    for i, spread in enumerate(seed_ranges(runs, values)):  # the seeds' range of this run's setting, on its bar
+        if spread is not None:
+            ax.errorbar(i, values[i], yerr=[[values[i] - spread[0]], [spread[1] - values[i]]], color="black",
+                        capsize=4, lw=1)
     ax.set_xticks(range(len(values)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_title(title)
     if ylabel:
         ax.set_ylabel(ylabel)
+    many = len(values) > 6  # side by side the labels would overlap: upright, inside the bar
     for bar, v in zip(bars, values):
-        ax.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                    va="bottom", fontsize=8)
+        ax.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height() * (0.97 if many else 1)),
+                    ha="center", va="top" if many else "bottom", fontsize=7 if many else 8, rotation=90 if many else 0)
 
 
 def _bar_row(runs, panels, path: Path, title: str | None = None) -> Path:
     """One figure, one bar panel per (title, values) pair, side by side."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4, 0.42 * len(runs)) * len(panels), 4.5 + 0.08 * len(runs)))
     for ax, (panel_title, values) in zip(axes, panels):
         _bars(ax, runs, values, panel_title)
     if title:

@@ -168,3 +168,20 @@ def test_matched_l0_table_interpolates_in_log_l0_and_calls_a_finding_only_beyond
     # the figure: one panel per frontier metric and target, drawn, with the baseline's spread shaded
     path = plot.plot_frontiers(runs, tmp_path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20000
+
+
+def test_bars_carry_the_seed_range_of_their_setting_and_only_seeds_of_one_setting_are_grouped():
+    import plot
+
+    runs = [frontier_run("relu", 0, 1.0, 30, 0.80), frontier_run("relu", 1, 1.0, 31, 0.84),
+            frontier_run("relu", 0, 0.5, 60, 0.90), frontier_run("topk", 0, 48, 48, 0.92)]
+    for r, system in zip(runs, ("a", "b", "c", "d")):  # where a run is written does not separate seeds
+        r["info"]["config"]["system"] = {"out_dir": system}
+    values = [r["info"]["summary"]["ce_loss_score"] for r in runs]
+    assert plot.seed_ranges(runs, values) == [(0.80, 0.84), (0.80, 0.84), None, None]
+    fig, ax = plot.plt.subplots()
+    plot._bars(ax, runs, values, "CE")
+    assert [type(c).__name__ for c in ax.containers] == ["BarContainer", "ErrorbarContainer", "ErrorbarContainer"]
+    # the bars, and the two seeds' range on each seed's bar (runs 0 and 1), none on the others'
+    assert [round(float(c.lines[0].get_xdata()[0])) for c in ax.containers[1:]] == [0, 1]
+    plot.plt.close(fig)
