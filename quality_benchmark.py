@@ -2,23 +2,24 @@
 that prints a table, not a test). It sits beside experiment.py and reevaluate.py, whose commands it runs.
 
     python quality_benchmark.py [--budgets=100000,300000] [--work=.cache/quality_benchmark]
-                                         [--k=48] [--only=topk,previous,topk_aux,relu,sparsify] [--core_batches=8]
+                                         [--k=48] [--only=topk,relu,sparsify,...] [--core_batches=8]
                                          [--seeds=0,1,2] [--aux_seeds=0]
 
 For each budget (training tokens; batch 256, so budget // 256 steps), on the embedded default (Gemma 3
 270M, blocks.6.hook_resid_post, d_sae 4096, the same training documents and activation cache), it trains
 
-- harness TopK (k = --k): `--sweep optimizer=adam,signum`, each at its default rate (AuxK 4); the
-  previous recipe (Adam 4e-4, `previous`); and the default with AuxK 0 and Gao et al.'s 1/32 (`topk_aux`);
-- harness ReLU + L1: `--sweep optimizer=adam,signum`;
+- harness TopK (k = --k) with Adam at its default rate (AuxK 4) and with signum (`topk_signum`); the previous
+  recipe (Adam 4e-4, AuxK 1/32, `previous`); and the default with AuxK 0 and Gao et al.'s 1/32 (`topk_aux`);
+- harness ReLU + L1 at its defaults with Adam (`relu`) and signum (`relu_signum`), and with AuxK 1 (`relu_aux`);
 - sparsify 1.3.3's TopK at its own defaults (SparseCoder; schedule-free sign-SGD, momentum 0.95,
   lr 5e-3 x sqrt(16384 / d_sae); b_dec at the first batch's mean; FVU loss; no AuxK; raw model
   activations), on the same batches the harness's buffer serves (seed 0, same rows in the same order),
   saved at the optimizer's averaged weights as sparsify saves, converted to SAELens's format (the
   conversion is checked: same reconstruction to 1e-4);
 
-each with every seed of --seeds (TopK at both optimizers and the previous recipe, ReLU, sparsify; the AuxK variations with
---aux_seeds), and scores every SAE with the harness's own core eval (same settings, same held-out sequences):
+the defaults, sparsify and the open question (`topk`, `relu`, `relu_aux`, `sparsify`) at every seed of --seeds,
+the recipes that lost (`topk_signum`, `previous`, `topk_aux`, `relu_signum`) at --aux_seeds; --only picks rows;
+and scores every SAE with the harness's own core eval (same settings, same held-out sequences):
 explained variance (1 - FVU), CE-loss score, KL score, L0, and the dead fraction over the training's
 last dead-feature window (the harness's rule, applied to sparsify's firing too).
 
@@ -44,6 +45,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 PREVIOUS_ADAM_LR = 4e-4
+ROWS = ("topk", "topk_signum", "previous", "topk_aux", "relu", "relu_signum", "relu_aux", "sparsify")
 SPARSIFY = ("eai-sparsify==1.3.3", "natsort==8.4.0")  # natsort: imported by sparsify's trainer module
 
 
@@ -64,18 +66,21 @@ def harness_runs(work: Path, budget: int, k: int, only: set[str], seeds: str, au
     common = [f"--n_tokens={budget}", "--evals=core", *core, f"--notes={work / 'notes.txt'}", "--overwrite"]
     tag = lambda s: s.replace(",", "-")  # noqa: E731  (folders named by their seeds: a later command adds seeds beside)
     topk = ["--variant=topk", "--set", f"topk.k={k}"]
-    if "topk" in only:  # each optimizer at its default rate (lr 0: the rule)
-        experiment(f"--out_dir={work / f'topk_seeds{tag(seeds)}'}", *topk, "--sweep", "optimizer=adam,signum",
-                   "--sweep", f"seed={seeds}", *common)
-    if "previous" in only:  # the recipe before this benchmark: Adam at 4e-4 (the shared rule was 2e-4 x sqrt(16384 / 4096))
-        experiment(f"--out_dir={work / f'topk_previous_seeds{tag(seeds)}'}", *topk, f"--lr={PREVIOUS_ADAM_LR}",
-                   "--sweep", f"seed={seeds}", *common)
-    if "topk_aux" in only:
-        experiment(f"--out_dir={work / f'topk_aux_seeds{tag(aux_seeds)}'}", *topk,
-                   "--sweep", "topk.aux_loss_coefficient=0,0.03125", "--sweep", f"seed={aux_seeds}", *common)
-    if "relu" in only:
-        experiment(f"--out_dir={work / f'relu_seeds{tag(seeds)}'}", "--variant=relu", "--sweep", "optimizer=adam,signum",
-                   "--sweep", f"seed={seeds}", *common)
+    runs = {  # row -> (folder, flags, seeds): the defaults and the decision at every seed, what lost at --aux_seeds
+        "topk": ("topk", [*topk, "--optimizer=adam"], seeds),  # each optimizer at its default rate (lr 0: the rule)
+        "topk_signum": ("topk_signum", [*topk, "--optimizer=signum"], aux_seeds),
+        # the recipe before this benchmark: Adam at 4e-4 (the shared rule was 2e-4 x sqrt(16384 / 4096)), AuxK 1/32
+        "previous": ("topk_previous", [*topk, f"--lr={PREVIOUS_ADAM_LR}", "--set", "topk.aux_loss_coefficient=0.03125"],
+                     aux_seeds),
+        "topk_aux": ("topk_aux", [*topk, "--sweep", "topk.aux_loss_coefficient=0,0.03125"], aux_seeds),
+        "relu": ("relu", ["--variant=relu", "--optimizer=adam"], seeds),
+        "relu_signum": ("relu_signum", ["--variant=relu", "--optimizer=signum"], aux_seeds),
+        "relu_aux": ("relu_aux", ["--variant=relu", "--set", "relu.aux_loss_coefficient=1"], seeds),  # AuxK for ReLU?
+    }
+    for row, (folder, flags, row_seeds) in runs.items():
+        if row in only:
+            experiment(f"--out_dir={work / f'{folder}_seeds{tag(row_seeds)}'}", *flags, "--sweep", f"seed={row_seeds}",
+                       *common)
 
 
 def sparsify_importable() -> None:
@@ -160,7 +165,9 @@ def results(work: Path) -> dict[str, list[dict]]:
         c = info["config"]
         name = (f"{info['variant'].replace('topk', 'TopK').replace('relu', 'ReLU')} {c['training']['optimizer']} "
                 f"lr {info['summary']['lr']:g}"
-                + (f", AuxK {c['variant']['aux_loss_coefficient']:g}" if info["variant"] == "topk" else ""))
+                + (f", L1 {c['variant']['l1_coefficient']:g}" if "l1_coefficient" in c["variant"] else "")
+                + (f", AuxK {c['variant']['aux_loss_coefficient']:g}"
+                   if info["variant"] == "topk" or c["variant"].get("aux_loss_coefficient") else ""))
         if info["status"] != "ok":
             name += f" [FAILED: {'; '.join(info['failures'])}]"
         out.setdefault(name, []).append({**{m: info["summary"].get(k, float("nan")) for m, k in METRICS.items()},
@@ -184,7 +191,7 @@ def main(argv: list[str]) -> int:
     opts = dict(a.removeprefix("--").split("=", 1) for a in argv)
     budgets = [int(b) for b in opts.get("budgets", "100000,300000").split(",")]
     k = int(opts.get("k", 48))
-    only = set(opts.get("only", "topk,previous,topk_aux,relu,sparsify").split(","))
+    only = set(opts.get("only", ",".join(ROWS)).split(","))
     base = ROOT / opts.get("work", ".cache/quality_benchmark")
     core = core_flags(int(opts.get("core_batches", 8)))
     sys.path.insert(0, str(ROOT))
