@@ -404,9 +404,10 @@ def test_matryoshka_levels_are_fractions_of_d_sae_merged_when_tiny_and_unordered
     assert matryoshka.widths(matryoshka.Config(), 8) == [1, 2, 4, 8]  # 1/16 and 1/8 of 8 both round to 1 (at least)
 
 
-@pytest.mark.parametrize("variant", ["batchtopk", "matryoshka", "jumprelu"])
+@pytest.mark.parametrize("variant,optimizer", [(v, o) for v in ("batchtopk", "matryoshka", "jumprelu")
+                                               for o in ("adam", "signum")])
 def test_saelens_reference_variants_train_and_are_evaluated_as_the_jumprelu_sae_they_are_saved_as(tiny_model, variant,
-                                                                                                  tmp_path):
+                                                                                                  optimizer, tmp_path):
     import experiment
 
     mod = VARIANTS[variant]
@@ -414,8 +415,9 @@ def test_saelens_reference_variants_train_and_are_evaluated_as_the_jumprelu_sae_
         mod.Config(k=6) if variant == "batchtopk" else mod.Config(l0_coefficient=0.05))
     buf = ActivationBuffer(tiny_model, make_sequences(n_seq=40), [HOOK], seqs_per_fill=10)
     sae = mod.build_sae(cfg, 16, 32, 12, decoder_init_norm=1.0, metadata=SAEMetadata(**META))
-    result = train_sae(sae, buf, TrainSettings(n_tokens=12 * 32, batch_size=32, lr=1e-2, log_every=5))
+    result = train_sae(sae, buf, TrainSettings(n_tokens=12 * 32, batch_size=32, lr=1e-2, log_every=5, optimizer=optimizer))
     curves = result.curves
+    assert result.optimizer == optimizer
     assert all(math.isfinite(v) for v in curves["loss"])
     if variant != "jumprelu":  # BatchTopK keeps k x batch activations of the batch: the mean L0 is k
         assert result.final["l0"] == pytest.approx(6.0)
