@@ -22,16 +22,16 @@ SPARSITY = ("k", (10, 25, 60, 150))  # the comparison's grid (compare.py): the m
 
 
 @dataclass
-class Config(TopKConfig):  # k (here the mean L0 over the batch) and the AuxK weight, as TopK's
+class Config:
+    k: int = TopKConfig.k  # here the mean L0 over the batch
+    aux_loss_coefficient: float = TopKConfig.aux_loss_coefficient  # TopK's AuxK weight (measured there)
     topk_threshold_lr: float = 0.01  # the threshold's EMA rate (SAELens's default)
-    sparse_decoder: str = "off"  # TopK's sparse path assumes k per token: not used here
 
 
 def check(cfg: Config) -> None:
     """Settings that cannot work: one clear line (raised before the model is loaded)."""
     require(cfg.k >= 1 and cfg.aux_loss_coefficient >= 0 and 0 < cfg.topk_threshold_lr <= 1,
             "batchtopk: k >= 1, aux_loss_coefficient >= 0 and 0 < topk_threshold_lr <= 1 are required")
-    require(cfg.sparse_decoder == "off", "batchtopk: sparse_decoder must be off")
 
 
 class ThresholdFromFirstBatch:
