@@ -402,13 +402,7 @@ NOISE_MARK = "~"
 
 
 def metric_values(info: dict) -> dict[str, float | None]:
-    out = {}
-    for name, path in TABLE_METRICS:
-        v = info
-        for key in path:
-            v = v.get(key) if isinstance(v, dict) else None
-        out[name] = v if isinstance(v, (int, float)) and math.isfinite(v) else None
-    return out
+    return {name: lookup(info, path) for name, path in TABLE_METRICS}
 
 
 def budget_key(info: dict) -> str | None:
@@ -547,8 +541,8 @@ def frontier_series(runs) -> dict[tuple[str, str], dict]:
 def at_l0(points, target: float, path) -> float | None:
     """The metric at L0 = target, linear in log L0 between the two nearest points; None outside the points'
     L0 range (no extrapolation) or where a needed value is missing."""
-    xs = [math.log(l0) for l0, info in points if l0 > 0 and lookup(info, path) is not None]
-    ys = [lookup(info, path) for l0, info in points if l0 > 0 and lookup(info, path) is not None]
+    pairs = [(math.log(l0), v) for l0, info in points if l0 > 0 and (v := lookup(info, path)) is not None]
+    xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
     if len(xs) < 2 or not xs[0] <= math.log(target) <= xs[-1]:
         return None
     return float(np.interp(math.log(target), xs, ys))
