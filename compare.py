@@ -3,6 +3,8 @@ all on the same cached activations, then evaluated (a script on top of experimen
 
     python compare.py [--out=comparison] [--n_tokens=100000] [--variants=relu,topk,...] [--seeded=relu,topk]
                       [--seeds=0,1,2] [--evals=core,diagnostics] [--dry_run] [-- FLAGS FOR experiment.py ...]
+    python compare.py --dose [--weights=0,1,10,100] [--dose_at=1] ...     # dose-response of the seed variants
+    python compare.py --noise [--noise_evals=...] [--eval_seeds=1,2] ...  # what each eval can resolve
 
 For each variant: `experiment.py --variant=V --sweep V.KNOB=v1,v2,... [--sweep seed=...]`, its sparsity setting
 and grid from the variant's SPARSITY (trainers/), every point of the grid trained together in one pass over
@@ -14,11 +16,25 @@ stopped goes on where it was, and adding a variant trains only it). Then:
     python plot.py --runs_glob='comparison/*' --out=comparison/figures
 
 draws the frontiers and writes the matched-L0 table. The wall time of each variant and of the whole is printed.
+
+--dose (after the comparison, into the same OUT): every variant with target metrics and a `weight` (the seed
+variants) trained at the weights of --weights beside the comparison's own run at its default weight, at one
+sparsity setting (the --dose_at-th of its grid, same seed): OUT/dose_VARIANT_i. plot.py draws the target metric
+and the CE-loss score against the weight (dose_response.png, dose_table.md).
+
+--noise (after the comparison): how much each eval moves when only its own sampling changes, and when only the
+SAE's training seed does. The --seeded baseline's runs at the --dose_at-th setting (one per seed) are given
+the --noise_evals they lack (added to each run, reevaluate.py); then the first seed's SAE is evaluated again at
+every eval seed of --eval_seeds (each eval's `seed`, unlearning's `split_seed`) into OUT/noise_evalseed_S.
+plot.py writes noise_table.md: per metric, the reseed noise, the training-seed spread, the smallest difference
+it resolves, beside the spread between the variants at the same L0.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -33,7 +49,65 @@ from trainers import VARIANTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DEFAULTS = {"out": "comparison", "n_tokens": "100000", "variants": ",".join(VARIANTS), "seeded": "relu,topk",
-            "seeds": "0,1,2", "evals": "core,diagnostics"}
+            "seeds": "0,1,2", "evals": "core,diagnostics", "weights": "0,1,10,100", "dose_at": "1",
+            "noise_evals": "core,diagnostics,sparse_probing,scr,tpp,absorption", "eval_seeds": "1,2"}
+FLAGS = ("dry_run", "dose", "noise")
+RESEED = {"unlearning": "split_seed"}  # the eval's setting that draws another sample; `seed` for every other
+
+
+def variant_evals(variant: str, evals: str) -> list[str]:
+    """The comparison's evals plus those the variant's target metrics come from (adversarial: SCR)."""
+    out = evals.split(",")
+    return out + [p[0] for _, p in getattr(VARIANTS[variant], "TARGET_METRICS", ()) if p[0] in ("scr", "tpp") and p[0] not in out]
+
+
+def dose_variants(opts: dict) -> list[str]:
+    """The variants a dose-response is drawn for: a term with a weight and a metric it aims to move."""
+    return [v for v in opts["variants"].split(",") if getattr(VARIANTS[v], "TARGET_METRICS", ())
+            and "weight" in {f.name for f in dataclasses.fields(VARIANTS[v].Config)}]
+
+
+def dose_commands(opts: dict, extra: list[str]) -> list[tuple[str, list[str], int]]:
+    """(name, experiment.py arguments, number of SAEs): each seed variant at --weights, at its --dose_at-th
+    sparsity setting and the first seed (the comparison's run at the default weight completes the curve)."""
+    out, weights, todo = Path(opts["out"]), opts["weights"].split(","), []
+    for variant in dose_variants(opts):
+        knob, grid = VARIANTS[variant].SPARSITY
+        args = [f"--out_dir={out / ('dose_' + variant)}", f"--variant={variant}", "--sweep", f"{variant}.weight=" + ",".join(weights),
+                "--set", f"{variant}.{knob}={grid[int(opts['dose_at'])]:g}", f"--seed={opts['seeds'].split(',')[0]}",
+                f"--n_tokens={opts['n_tokens']}", f"--evals={','.join(variant_evals(variant, opts['evals']))}",
+                f"--notes={out / 'notes.txt'}", *extra]
+        todo.append(("dose_" + variant, args, len(weights)))
+    return todo
+
+
+def noise_sources(opts: dict) -> list[Path]:
+    """The seeded baseline's finished runs at its --dose_at-th sparsity setting, one per seed, first seed first."""
+    out, base = Path(opts["out"]), opts["seeded"].split(",")[0]
+    knob, grid = VARIANTS[base].SPARSITY
+    at, found = grid[int(opts["dose_at"])], {}
+    for info_file in sorted(out.glob(f"{base}_*/final_info.json")):
+        info = json.loads(info_file.read_text())
+        if info.get("variant") == base and math.isclose(info["config"]["variant"].get(knob, math.nan), at):
+            found[str(info["config"]["training"]["seed"])] = info_file.parent
+    return [found[s] for s in opts["seeds"].split(",") if s in found]
+
+
+def noise_commands(opts: dict) -> list[tuple[str, list[str]]]:
+    """(what, reevaluate.py arguments) for the eval-noise study (see the module doc)."""
+    sources, evals = noise_sources(opts), opts["noise_evals"].split(",")
+    todo = []
+    for run in sources:
+        held = json.loads((run / "final_info.json").read_text())
+        missing = [e for e in evals if not isinstance(held.get(e), dict)]
+        if missing:
+            todo.append((f"{run.name}: add {','.join(missing)}", [str(run), f"--evals={','.join(missing)}"]))
+    for s in opts["eval_seeds"].split(",") if sources else ():
+        target = Path(opts["out"]) / f"noise_evalseed_{s}"
+        if not (target / "reevaluation.json").is_file():
+            sets = [a for e in evals for a in ("--set", f"{e}.{RESEED.get(e, 'seed')}={s}")]
+            todo.append((f"{sources[0].name} at eval seed {s}", [str(sources[0]), f"--out_dir={target}", f"--evals={','.join(evals)}", *sets]))
+    return todo
 
 
 def commands(opts: dict, extra: list[str]) -> list[tuple[str, list[str], int]]:
@@ -44,8 +118,7 @@ def commands(opts: dict, extra: list[str]) -> list[tuple[str, list[str], int]]:
     for variant in opts["variants"].split(","):
         knob, grid = VARIANTS[variant].SPARSITY
         run_seeds = seeds if variant in seeded else seeds[:1]
-        evals = opts["evals"].split(",")  # plus the evals its target metrics come from (adversarial: SCR)
-        evals += [p[0] for _, p in getattr(VARIANTS[variant], "TARGET_METRICS", ()) if p[0] in ("scr", "tpp") and p[0] not in evals]
+        evals = variant_evals(variant, opts["evals"])
         args = [f"--out_dir={out / variant}", f"--variant={variant}",
                 "--sweep", f"{variant}.{knob}=" + ",".join(f"{v:g}" for v in grid), "--sweep", "seed=" + ",".join(run_seeds),
                 f"--n_tokens={opts['n_tokens']}", f"--evals={','.join(evals)}", f"--notes={out / 'notes.txt'}", *extra]
@@ -65,40 +138,59 @@ def main(argv: list[str]) -> int:
     opts = dict(DEFAULTS)
     for a in own:
         key, eq, value = a.removeprefix("--").partition("=")
-        if key == "dry_run" and not eq:
-            opts["dry_run"] = "1"
+        if key in FLAGS and not eq:
+            opts[key] = "1"
         elif key in DEFAULTS and eq and value:
             opts[key] = value
         else:
             print(f"error: {a!r} is not an option of compare.py (options: {', '.join('--' + k for k in DEFAULTS)}, "
-                  "--dry_run; flags after -- go to experiment.py)", file=sys.stderr)
+                  f"{', '.join('--' + f for f in FLAGS)}; flags after -- go to experiment.py)", file=sys.stderr)
             return 2
     unknown = [v for v in opts["variants"].split(",") + opts["seeded"].split(",") if v not in VARIANTS]
     if unknown:
         print(f"error: no variant {', '.join(map(repr, unknown))}; the variants are {', '.join(VARIANTS)}", file=sys.stderr)
         return 2
     out = Path(opts["out"])
-    todo = commands(opts, extra)
-    total_saes = sum(n for _, _, n in todo)
-    print(f"comparison in {out}/: {len(todo)} variants, {total_saes} SAEs at {int(opts['n_tokens']):,} tokens each")
     start, times = time.perf_counter(), {}
-    for variant, args, n in todo:
-        if complete(out, variant, n):
-            print(f"[compare] {variant}: its {n} runs are complete in {out}/, not trained again")
-            continue
-        print("$ python experiment.py " + " ".join(args), flush=True)
-        if "dry_run" in opts:
-            continue
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(ROOT / "experiment.py"), *args, "--overwrite"], cwd=ROOT)
-        times[variant] = time.perf_counter() - t0
-        if proc.returncode not in (0, 1):  # 1: a run the gate failed (written as failed, shown as such)
-            print(f"error: {variant}'s runs exited {proc.returncode}; the comparison stops here "
-                  f"(run the same command again to go on)", file=sys.stderr)
-            return proc.returncode
-    for variant, seconds in times.items():
-        print(f"[compare] {variant}: {seconds / 60:.1f} min")
-    print(f"[compare] wall time {(time.perf_counter() - start) / 60:.1f} min; figures and the matched-L0 table: "
+    if "noise" in opts:
+        if not noise_sources(opts):
+            print(f"error: no finished {opts['seeded'].split(',')[0]} run at the --dose_at setting in {out}/: "
+                  "run the comparison (python compare.py) first", file=sys.stderr)
+            return 2
+        todo = noise_commands(opts)
+        print(f"eval noise in {out}/: {len(todo)} evaluations of saved SAEs ({len(noise_sources(opts))} training seeds)")
+        for what, args in todo:
+            print("$ python reevaluate.py " + " ".join(args), flush=True)
+            if "dry_run" in opts:
+                continue
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, str(ROOT / "reevaluate.py"), *args], cwd=ROOT)
+            times[what] = time.perf_counter() - t0
+            if proc.returncode != 0:
+                print(f"error: {what} exited {proc.returncode}; run the same command again to go on", file=sys.stderr)
+                return proc.returncode
+    else:
+        todo = dose_commands(opts, extra) if "dose" in opts else commands(opts, extra)
+        total_saes = sum(n for _, _, n in todo)
+        print(f"{'dose-response' if 'dose' in opts else 'comparison'} in {out}/: {len(todo)} sweeps, {total_saes} SAEs "
+              f"at {int(opts['n_tokens']):,} tokens each")
+        for name, args, n in todo:
+            if complete(out, name, n):
+                print(f"[compare] {name}: its {n} runs are complete in {out}/, not trained again")
+                continue
+            print("$ python experiment.py " + " ".join(args), flush=True)
+            if "dry_run" in opts:
+                continue
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, str(ROOT / "experiment.py"), *args, "--overwrite"], cwd=ROOT)
+            times[name] = time.perf_counter() - t0
+            if proc.returncode not in (0, 1):  # 1: a run the gate failed (written as failed, shown as such)
+                print(f"error: {name}'s runs exited {proc.returncode}; the comparison stops here "
+                      f"(run the same command again to go on)", file=sys.stderr)
+                return proc.returncode
+    for name, seconds in times.items():
+        print(f"[compare] {name}: {seconds / 60:.1f} min")
+    print(f"[compare] wall time {(time.perf_counter() - start) / 60:.1f} min; figures and tables: "
           f"python plot.py --runs_glob='{out}/*' --out={out}/figures")
     return 0
 

@@ -54,7 +54,7 @@ def load_runs(pattern: str) -> list[dict]:
             continue
         name = info_path.parent.name
         label = f"{name}: {info.get('variant', '?')}" + ("" if info.get("status") == "ok" else " (FAILED)")
-        runs.append({"name": name, "label": label, "info": info})
+        runs.append({"name": name, "label": label, "info": info, "dir": str(info_path.parent)})
     key = lambda r: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", r["name"])]  # noqa: E731
     return sorted(runs, key=key)
 
@@ -484,7 +484,7 @@ def write_index(runs, out: Path, written: list[Path]) -> Path:
                   "".join(f"<p>{html.escape(n)}</p>" for n in note))
     links = []
     for r in runs:
-        page = Path(r["name"]) / "features" / "index.html"
+        page = Path(r.get("dir", r["name"])) / "features" / "index.html"
         target = (f"<a href='{html.escape(os.path.relpath(page, out))}'>feature pages</a>" if page.exists()
                   else "<span class=dim>no feature pages (run without the features eval)</span>")
         links.append(f"<li>{html.escape(r['label'])}: {target}</li>")
@@ -535,7 +535,9 @@ def frontier_series(runs) -> dict[tuple[str, str], dict]:
     for series in out.values():
         for points in series["seeds"].values():
             points.sort(key=lambda p: p[0])
-    return out
+    # a frontier needs two sparsity settings: a single setting (a dose-response run) is not drawn as one
+    return {k: s for k, s in out.items()
+            if len({str(i["config"]["variant"].get(VARIANTS[s["variant"]].SPARSITY[0])) for p in s["seeds"].values() for _, i in p}) >= 2}
 
 
 def at_l0(points, target: float, path) -> float | None:
@@ -647,6 +649,213 @@ def plot_frontiers(runs, out: Path) -> Path | None:
     return _save(fig, out / "frontiers.png")
 
 
+# ---- dose-response: a seed variant's term weight against its target metric and its cost ------------------
+
+DOSE_KNOB = "weight"
+
+
+def dose_groups(runs) -> list[dict]:
+    """One group per (comparison, variant, every setting but the term's weight, seed) holding >= 3 weights:
+    {"variant", "sparsity": (knob, value), "seed", "points": [(weight, info), ...] by weight, "baseline": [infos]},
+    the baseline's runs being its seeds at the same sparsity setting, same comparison."""
+    groups: dict[str, dict] = {}
+    for r in runs:
+        info = r["info"]
+        variant, cfg = VARIANTS.get(info.get("variant")), info.get("config", {})
+        if (variant is None or info.get("status") != "ok" or not getattr(variant, "TARGET_METRICS", ())
+                or not isinstance(cfg.get("variant"), dict) or DOSE_KNOB not in cfg["variant"]
+                or not isinstance(cfg.get("target"), dict)):
+            continue
+        knob = variant.SPARSITY[0]
+        setup = [{k: v for k, v in cfg["target"].items() if k != "variant"}, dict(cfg.get("training", {}))]
+        others = {k: v for k, v in cfg["variant"].items() if k != DOSE_KNOB}
+        key = json.dumps([setup, info["variant"], others], sort_keys=True, default=str)
+        g = groups.setdefault(key, {"variant": info["variant"], "sparsity": (knob, cfg["variant"].get(knob)),
+                                    "seed": cfg["training"].get("seed", 0), "setup": setup[:1] + [
+                                        {k: v for k, v in setup[1].items() if k != "seed"}], "points": []})
+        g["points"].append((float(cfg["variant"][DOSE_KNOB]), info))
+    out = []
+    for g in groups.values():
+        if len({w for w, _ in g["points"]}) < 3:
+            continue
+        g["points"].sort(key=lambda p: p[0])
+        knob, value = g["sparsity"]
+        g["baseline"] = [r["info"] for r in runs if r["info"].get("variant") == BASELINE and r["info"].get("status") == "ok"
+                         and isinstance(r["info"].get("config", {}).get("variant"), dict)
+                         and r["info"]["config"]["variant"].get(knob) == value
+                         and changed_settings(r["info"]) in ("defaults", f"{knob}={value}")
+                         and [{k: v for k, v in r["info"]["config"].get("target", {}).items() if k != "variant"},
+                              {k: v for k, v in r["info"]["config"].get("training", {}).items() if k != "seed"}] == g["setup"]]
+        out.append(g)
+    return sorted(out, key=lambda g: g["variant"])
+
+
+def plot_dose_response(runs, out: Path) -> Path | None:
+    """dose_response.png: per seed variant (columns), its target metric (top) and the CE-loss score (bottom)
+    against its term's weight (log axis; weight 0, the term off, as a dashed line), the baseline's seeds at the
+    same sparsity setting shaded, each point's L0 written beside it."""
+    groups = dose_groups(runs)
+    if not groups:
+        return None
+    fig, axes = plt.subplots(2, len(groups), figsize=(4.8 * len(groups), 8), squeeze=False)
+    for col, g in enumerate(groups):
+        (target_name, target_path), = target_metrics(g["variant"])[:1]
+        for row, (name, path) in enumerate([(target_name, target_path), FRONTIER_METRICS[0]]):
+            ax = axes[row][col]
+            pts = [(w, lookup(i, path), lookup(i, ("summary", "l0"))) for w, i in g["points"]]
+            pos = [(w, v, l0) for w, v, l0 in pts if w > 0 and v is not None]
+            ys = [v for _, v, _ in pts if v is not None]
+            if pos:
+                ax.plot([p[0] for p in pos], [p[1] for p in pos], "o-", color="C1", label=g["variant"])
+                for w, v, l0 in pos:
+                    if l0 is not None:
+                        ax.annotate(f"L0 {l0:.0f}", (w, v), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            for w, v, l0 in pts:
+                if w == 0 and v is not None:
+                    ax.axhline(v, color="C1", ls="--", lw=1, label=f"weight 0 (term off), L0 {l0:.0f}" if l0 else "weight 0")
+            base = [v for v in (lookup(i, path) for i in g["baseline"]) if v is not None]
+            if base:
+                ax.axhspan(min(base), max(base), color="C0", alpha=0.2,
+                           label=f"{BASELINE} at the same {g['sparsity'][0]}, {len(base)} seed(s)")
+                ys += base
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(plain_number))
+            readable_axis(ax, "y", ys)
+            ax.set(xlabel=f"{g['variant']}.{DOSE_KNOB}", ylabel=name,
+                   title=f"{g['variant']}: {name}" + (" (its target)" if row == 0 else " (its cost)"))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"dose-response at {groups[0]['sparsity'][0]}={groups[0]['sparsity'][1]}, seed {groups[0]['seed']}")
+    return _save(fig, out / "dose_response.png")
+
+
+def write_dose_table(runs, out: Path) -> Path | None:
+    """dose_table.md: every dose-response point: weight, L0, CE-loss score, target metric(s)."""
+    groups = dose_groups(runs)
+    if not groups:
+        return None
+    fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+    lines = []
+    for g in groups:
+        targets = target_metrics(g["variant"])
+        knob, value = g["sparsity"]
+        lines += [f"### {g['variant']} ({knob}={value}, seed {g['seed']})", "",
+                  "| weight | L0 | CE-loss score | EV | " + " | ".join(n for n, _ in targets) + " |",
+                  "|---|---|---|---|" + "---|" * len(targets)]
+        for w, i in g["points"]:
+            cells = [f"{w:g}"] + [fmt(lookup(i, p)) for p in (("summary", "l0"), FRONTIER_METRICS[0][1], FRONTIER_METRICS[1][1])]
+            lines.append("| " + " | ".join(cells + [fmt(lookup(i, p)) for _, p in targets]) + " |")
+        base = g["baseline"]
+        if base:
+            spread = lambda p: (lambda vs: f"{fmt(min(vs))}-{fmt(max(vs))}" if vs else "n/a")(  # noqa: E731
+                [v for v in (lookup(i, p) for i in base) if v is not None])
+            lines.append(f"| {BASELINE}, {len(base)} seeds (range) | {spread(('summary', 'l0'))} | {spread(FRONTIER_METRICS[0][1])} | "
+                         f"{spread(FRONTIER_METRICS[1][1])} | " + " | ".join(spread(p) for _, p in targets) + " |")
+        lines.append("")
+    path = out / "dose_table.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---- eval noise: what each metric can resolve ------------------------------------------------------------
+
+# (label, eval, path inside that eval's section of final_info.json / reevaluation.json)
+NOISE_METRICS = [
+    ("L0", "core", ("eval_result_metrics", "sparsity", "l0")),
+    ("explained variance", "core", ("eval_result_metrics", "reconstruction_quality", "explained_variance")),
+    ("CE-loss score", "core", ("eval_result_metrics", "model_performance_preservation", "ce_loss_score")),
+    ("KL score", "core", ("eval_result_metrics", "model_behavior_preservation", "kl_div_score")),
+    ("sparse probing top-1", "sparse_probing", ("sae_top_k_test_accuracy", "1")),
+    ("sparse probing top-5", "sparse_probing", ("sae_top_k_test_accuracy", "5")),
+    ("sparse probing all latents", "sparse_probing", ("sae_test_accuracy",)),
+    ("SCR top-20", "scr", ("metric_by_n_latents", "20")),
+    ("TPP top-20", "tpp", ("metric_by_n_latents", "20")),
+    ("absorption fraction", "absorption", ("mean_absorption_fraction_score",)),
+    ("full absorption", "absorption", ("mean_full_absorption_score",)),
+    ("unlearning (loss)", "unlearning", ("loss_unlearning_score",)),
+    ("NMI", "diagnostics", ("nmi",)), ("silhouette", "diagnostics", ("silhouette",)), ("MIG", "diagnostics", ("mig",)),
+    ("FactorVAE", "diagnostics", ("factorvae",)), ("feature abs r", "diagnostics", ("feature_corr_mean_abs",)),
+    ("forget x retain abs cos", "diagnostics", ("cross_group_decoder_abs_cos",)),
+    ("autocorr lag 1", "diagnostics", ("autocorrelation", "1")),
+]
+# the same metric where the frontier reads it (final_info.json), for the spread between variants
+FRONTIER_PATH = {"explained variance": ("summary", "explained_variance"), "CE-loss score": ("summary", "ce_loss_score"),
+                 "KL score": ("summary", "kl_div_score")}
+
+
+def load_reevaluations(pattern: str) -> list[dict]:
+    """Every PATTERN/reevaluation.json (reevaluate.py --out_dir): an SAE evaluated again, e.g. at another eval seed."""
+    out = []
+    for path in sorted(Path(".").glob(f"{pattern}/reevaluation.json")):
+        try:
+            out.append({"name": path.parent.name, "info": json.loads(path.read_text())})
+        except (OSError, json.JSONDecodeError) as err:
+            print(f"skipping {path}: {err}", file=sys.stderr)
+    return out
+
+
+def eval_seed_of(reevaluation: dict) -> int:
+    """The eval seed a reevaluation ran at: its evals' `seed` (unlearning: `split_seed`); 0 if none is set."""
+    seeds = {v.get("seed", v.get("split_seed", 0)) for v in reevaluation.get("config", {}).get("evals", {}).values()}
+    return max(seeds) if seeds else 0
+
+
+def write_noise_table(runs, reevaluations, out: Path) -> Path | None:
+    """noise_table.md: for the SAE the reevaluations re-ran (eval seed changed, SAE fixed) and the other training
+    seeds of its setting (SAE seed changed, eval seed 0), per metric: the reseed range, the training-seed range,
+    the smallest difference it resolves (the larger of the two), and the range between the variants' frontiers
+    at that SAE's L0; "separates variants" only where that range exceeds the smallest resolvable difference."""
+    by_dir = {str(Path(r["dir"]).resolve()): r for r in runs if "dir" in r}
+    sources: dict[str, list] = {}
+    for rv in reevaluations:
+        src = str(Path(rv["info"].get("source_run", "")).resolve())
+        if src in by_dir:
+            sources.setdefault(src, []).append(rv)
+    if not sources:
+        return None
+    fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
+    series = frontier_series(runs)
+    lines = []
+    for src, rvs in sources.items():
+        fixed = by_dir[src]
+        group = seed_group(fixed["info"])
+        seeds = [r for r in runs if seed_group(r["info"]) == group and r["info"].get("status") == "ok"]
+        l0 = lookup(fixed["info"], ("summary", "l0"))
+        key = json.dumps([{k: v for k, v in fixed["info"]["config"]["target"].items() if k != "variant"},
+                          {k: v for k, v in fixed["info"]["config"]["training"].items() if k != "seed"}], sort_keys=True)
+        lines += [f"## {fixed['name']} ({fixed['info']['variant']}, {changed_settings(fixed['info'])}, L0 {fmt(l0)})", "",
+                  f"Reseed: the same SAE at eval seeds {', '.join(str(s) for s in sorted({0} | {eval_seed_of(r['info']) for r in rvs}))}. "
+                  f"Training seeds: {len(seeds)} SAEs of this setting ({', '.join(r['name'] for r in seeds)}), eval seed 0. "
+                  "Ranges are max - min. Resolvable: the larger of the two ranges, the least difference between two SAEs "
+                  "that is more than noise. Between variants: the range of the variants' frontier values (mean over seeds) "
+                  f"at L0 {fmt(l0)}, where the variants have that metric.", "",
+                  "| metric | value | reseed range | training-seed range | resolvable | between variants | separates variants |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, ev, path in NOISE_METRICS:
+            at_seed0 = lookup(fixed["info"].get(ev, {}), path)
+            reseed = [v for v in [at_seed0] + [lookup(r["info"].get(ev, {}), path) for r in rvs] if v is not None]
+            trained = [v for v in (lookup(r["info"].get(ev, {}), path) for r in seeds) if v is not None]
+            if at_seed0 is None and not trained:
+                continue
+            r_range = max(reseed) - min(reseed) if len(reseed) > 1 else None
+            t_range = max(trained) - min(trained) if len(trained) > 1 else None
+            resolvable = max((x for x in (r_range, t_range) if x is not None), default=None)
+            fpath = FRONTIER_PATH.get(name) or next((p for n, p in FRONTIER_METRICS + [m for s in series.values()
+                                                    for m in target_metrics(s["variant"])] if p == (ev, *path)), None)
+            between = None
+            if fpath is not None and l0 is not None:
+                vals = [v for (k, _), s in series.items() if k == key for v in [matched(s, l0, fpath)[0]] if v is not None]
+                between = max(vals) - min(vals) if len(vals) > 1 else None
+            verdict = ("n/a" if between is None or resolvable is None
+                       else ("**yes**" if between > resolvable else "no"))
+            lines.append(f"| {name} | {fmt(at_seed0)} | {fmt(r_range)} | {fmt(t_range)} | {fmt(resolvable)} | "
+                         f"{fmt(between)} | {verdict} |")
+        lines.append("")
+    path = out / "noise_table.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def main(argv: list[str]) -> int:
     opts = {"runs_glob": "run_*", "out": "figures"}
     for arg in argv:
@@ -663,9 +872,10 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     figures = (plot_training_curves, plot_core_metrics, plot_sparsity, plot_l0_vs_ce, plot_sparse_probing,
                plot_unlearning, plot_scr_tpp_absorption, plot_variant_terms, plot_diagnostics, plot_final_metrics,
-               plot_frontiers)
+               plot_frontiers, plot_dose_response)
     written = [p for p in (f(runs, out) for f in figures) if p] + [write_table(runs, out)]
-    written += [p for p in [write_matched_table(runs, out)] if p]
+    written += [p for p in [write_matched_table(runs, out), write_dose_table(runs, out),
+                            write_noise_table(runs, load_reevaluations(opts["runs_glob"]), out)] if p]
     written.append(write_index(runs, out, written))
     print(f"{len(runs)} runs -> " + ", ".join(str(p) for p in written))
     return 0

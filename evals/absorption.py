@@ -42,6 +42,7 @@ SEED = 42  # SAEBench's default
 class Settings:
     words_per_letter: int = 150  # sampled vocabulary on the embedded default (at full scale: the whole vocabulary)
     batch_size: int = 32  # prompts per LM forward pass
+    seed: int = 0  # eval reseed: another vocabulary sample, and every generator SAEBench draws from at 42 + seed
 
 
 def sample_vocabulary(tokenizer, words_per_letter: int, seed: int) -> list[str]:
@@ -91,7 +92,7 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     import sae_bench.evals.absorption.main as abs_main
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
 
-    model, model_name, device, seed = ctx.model, ctx.model_name, ctx.device, SEED
+    model, model_name, device, seed = ctx.model, ctx.model_name, ctx.device, SEED + settings.seed
     words_per_letter = settings.words_per_letter if ctx.embedded else 0
     artifacts_dir = ctx.out_dir / "artifacts" / "absorption"
     sae_id, sae = formatted_sae(ctx.sae, device)
@@ -99,7 +100,7 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     if sae.cfg.hook_name != f"blocks.{layer}.hook_resid_post":
         return {"status": "not_applicable", "reason": "SAEBench absorption reads hook_resid_post only"}
     vocab = sample_vocabulary(model.tokenizer, words_per_letter, seed)
-    probes_dir = ctx.cache_path("absorption-probe", sae.cfg.hook_name, TEMPLATE_PROBE, vocab)
+    probes_dir = ctx.cache_path("absorption-probe", sae.cfg.hook_name, TEMPLATE_PROBE, vocab, *([seed] if seed != SEED else []))
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     results_dir = artifacts_dir / "results"
     results_dir.mkdir(exist_ok=True)

@@ -39,11 +39,12 @@ class EvalContext:
     texts_read: set[str] = field(default_factory=set, repr=False)  # every labelled text handed to an eval
     model_only_used: dict[str, list] = field(default_factory=dict, repr=False)  # see model_only
 
-    def labelled(self, build, *args, **kwargs):
+    def labelled(self, build, *args, seed: int = 0, **kwargs):
         """A labelled set from trainers.labelled_data (`build` is one of its set builders), drawn only from
         documents training never read. The one way evals get wiki text: what it hands out is recorded,
-        and checked against the training split when the run is written."""
-        s = build(*args, held_out_percent=self.held_out_percent, part="held_out", **kwargs)
+        and checked against the training split when the run is written. `seed` (an eval's own `seed`
+        setting; 0: the default sample) draws another sample of the same pools."""
+        s = build(*args, held_out_percent=self.held_out_percent, part="held_out", seed=labelled_data.SEED + seed, **kwargs)
         self.texts_read.update(t for t, _ in s.train + s.test)
         return s
 
@@ -64,6 +65,11 @@ class EvalContext:
                                              text_field=self.text_field)
             self._held_out_asked = n_sequences
         return self._held_out.tokens[:n_sequences]
+
+    def held_out_block(self, n_sequences: int, block: int = 0) -> torch.Tensor:
+        """The `block`-th run of `n_sequences` held-out sequences (block 0: the first; an eval's `seed`
+        setting picks its block, so a reseeded eval reads other held-out text of the same kind)."""
+        return self.held_out(n_sequences * (block + 1))[n_sequences * block:]
 
     def held_out_documents(self, n_sequences: int) -> tuple[torch.Tensor, list]:
         """(doc_index [n, context_size] of the first `n_sequences` held-out sequences (-1 at BOS), the

@@ -50,6 +50,7 @@ class Settings:
     reconstruction_batches: int = 8  # CE/KL: full forward passes through the unembedding, the slow part on a CPU
     sparsity_variance_batches: int = 16
     batch_size_prompts: int = 8
+    seed: int = 0  # eval reseed: the seed-th block of held-out sequences (0: the first), other text of the same kind
 
 
 class EvalFailed(RuntimeError):
@@ -272,7 +273,7 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     # Held-out documents only, on both paths: SAEBench would stream the hub dataset by name from its
     # start, the very text training read. ctx.held_out streams it too (at full scale) but keeps only
     # the documents the split holds out of training.
-    held_out = ctx.held_out(batch_size_prompts * (n_reconstruction_batches + n_sparsity_variance_batches))
+    held_out = ctx.held_out_block(batch_size_prompts * (n_reconstruction_batches + n_sparsity_variance_batches), settings.seed)
     dataset = Dataset.from_dict({"tokens": held_out.tolist()})  # pretokenized, BOS first
 
     def store():

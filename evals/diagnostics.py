@@ -68,6 +68,8 @@ class Settings:
     domain_texts: int = 64  # held-out forget / retain texts each (domain separation)
     alpha: float = 0.3  # relative threshold for domain-specific features
     context_length: int = 64  # tokens per labelled text
+    seed: int = 0  # eval reseed: other samples of the labelled sets, the next block of held-out sequences and
+    #                of domain texts (where the corpus has them), and the clustering / null seeds
 
 
 # ---- metrics on plain tensors (unit-tested on hand-made inputs) -----------------------------
@@ -235,20 +237,26 @@ def temporal_stats(feats: torch.Tensor, lags=LAGS, min_fires: int = 5) -> dict:
 
 # ---- data and model side ----------------------------------------------------------------------
 
-def labelled_sets(ctx: EvalContext, docs_per_class: int) -> dict[str, dict]:
+def labelled_sets(ctx: EvalContext, docs_per_class: int, seed: int = 0) -> dict[str, dict]:
     """{set name: {"texts": [...], "factors": {factor: labels}}}: train and test texts together
     (no probe is fitted here)."""
     half = max(2, docs_per_class // 2)
     out = {}
     for name, build in labelled_data.PROBING_SETS.items():
-        s = ctx.labelled(build, n_train=half, n_test=half)
+        s = ctx.labelled(build, n_train=half, n_test=half, seed=seed)
         rows = s.train + s.test
         out[name] = {"texts": [t for t, _ in rows], "factors": {s.label: [y for _, y in rows]}}
-    s = ctx.labelled(labelled_data.topic_language_set, n_train=half, n_test=half)
+    s = ctx.labelled(labelled_data.topic_language_set, n_train=half, n_test=half, seed=seed)
     rows = s.train + s.test
     out[s.name] = {"texts": [t for t, _ in rows], "factors": {
         s.label: [y for _, y in rows], "language": s.extra_train["language"] + s.extra_test["language"]}}
     return out
+
+
+def domain_block(texts: list[str], n: int, block: int) -> list[str]:
+    """The `block`-th run of n texts (block 0: the first n), or the last n where the corpus is too short for it."""
+    start = min(n * block, max(0, len(texts) - n))
+    return texts[start:start + n]
 
 
 def model_activations(model, hook: str, sets: dict, domains: dict[str, list[str]], sequences: torch.Tensor,
@@ -282,9 +290,10 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     """Writes diagnostics.json (the breakdown) and returns the headline numbers."""
     sae, context_length, alpha = ctx.sae, settings.context_length, settings.alpha
     hook = sae.cfg.metadata.hook_name
-    held_out_tokens = ctx.held_out(settings.sequences)
-    sets = labelled_sets(ctx, settings.docs_per_class)
-    domains = {d: ctx.domain_texts(d)[:settings.domain_texts] for d in ("forget", "retain")}
+    seed, n_texts = settings.seed, settings.domain_texts
+    held_out_tokens = ctx.held_out_block(settings.sequences, seed)
+    sets = labelled_sets(ctx, settings.docs_per_class, seed)
+    domains = {d: domain_block(ctx.domain_texts(d), n_texts, seed) for d in ("forget", "retain")}
     acts = ctx.model_only("diagnostics", lambda: model_activations(ctx.model, hook, sets, domains, held_out_tokens,
                                                                     context_length, ctx.model_batch_size),
                           hook, context_length, {n: s["texts"] for n, s in sets.items()}, domains, held_out_tokens.tolist())
@@ -294,14 +303,15 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
         a, mask = acts["sets"][name]
         docs = masked_mean(encode(sae, a), mask)
         label = next(iter(s["factors"].values()))
-        per_set[name] = {**clustering_scores(docs, label),
-                         **{f"llm_{k}": v for k, v in clustering_scores(masked_mean(a, mask), label).items()},
+        per_set[name] = {**clustering_scores(docs, label, seed),
+                         **{f"llm_{k}": v for k, v in clustering_scores(masked_mean(a, mask), label, seed).items()},
                          "n_docs": len(label), "n_classes": len(set(label))}
         for factor, labels in s["factors"].items():
-            per_factor[f"{name}:{factor}"] = {**mig(docs, labels), "mig_null": mig_null(docs, labels)}
+            per_factor[f"{name}:{factor}"] = {**mig(docs, labels), "mig_null": mig_null(docs, labels, seed=seed)}
         if len(s["factors"]) >= 2:
-            factorvae[name] = {**factorvae_score(docs, s["factors"]), "null": factorvae_null(docs, s["factors"]),
-                               "llm": factorvae_score(masked_mean(a, mask), s["factors"], min_active=0)["score"]}
+            factorvae[name] = {**factorvae_score(docs, s["factors"], seed=seed),
+                               "null": factorvae_null(docs, s["factors"], seed=seed),
+                               "llm": factorvae_score(masked_mean(a, mask), s["factors"], seed=seed, min_active=0)["score"]}
     seq_feats = encode(sae, acts["sequences"])
     (f_acts, f_mask), (r_acts, r_mask) = acts["domains"]["forget"], acts["domains"]["retain"]
     result = {

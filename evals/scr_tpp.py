@@ -35,6 +35,7 @@ SEED = 42  # SAEBench's default
 class Settings:
     texts_per_cell: int = 150  # SCR: texts per (topic, language) cell; TPP: per topic
     context_length: int = 64  # tokens per text (SAEBench pads to it)
+    seed: int = 0  # eval reseed: another sample of the offline set's texts, and SAEBench's random_seed 42 + seed
 
 
 def _frame(rows, languages):
@@ -62,7 +63,8 @@ def run_scr_or_tpp(kind: str, ctx: EvalContext, settings: Settings) -> dict:
     original = dataset_creation.get_train_test_data
     if ctx.embedded:
         if kind == "scr":
-            s = ctx.labelled(labelled_data.topic_language_set, n_per_cell, n_per_cell // 2, SCR_TOPICS, SCR_LANGUAGES)
+            s = ctx.labelled(labelled_data.topic_language_set, n_per_cell, n_per_cell // 2, SCR_TOPICS, SCR_LANGUAGES,
+                             seed=settings.seed)
             train = _frame(s.train, s.extra_train["language"])
             test = _frame(s.test, s.extra_test["language"])
             metadata[SCR_SET] = {"text_column_name": "text", "column1_name": "topic", "column2_name": "language",
@@ -74,7 +76,7 @@ def run_scr_or_tpp(kind: str, ctx: EvalContext, settings: Settings) -> dict:
                                 "attribute_2_spurious": "language", "attribute_2_values": list(SCR_LANGUAGES),
                                 "biased_probe": f"{SCR_TOPICS[0]}+{SCR_LANGUAGES[0]} vs {SCR_TOPICS[1]}+{SCR_LANGUAGES[1]}"}
         else:
-            s = ctx.labelled(labelled_data.topic_set, n_per_cell, n_per_cell // 2)
+            s = ctx.labelled(labelled_data.topic_set, n_per_cell, n_per_cell // 2, seed=settings.seed)
             classes[TPP_SET] = list(s.classes)
             column2[TPP_SET] = ("unused", "unused")  # SAEBench reads this entry for TPP too
             config.train_set_size, config.test_set_size = len(s.train), len(s.test)
@@ -92,11 +94,11 @@ def run_scr_or_tpp(kind: str, ctx: EvalContext, settings: Settings) -> dict:
             return original(dataset_name, spurious_corr, train_set_size, test_set_size, random_seed,
                             column1_vals, column2_vals)
 
-        folder = ctx.cache_path(kind, sae.cfg.hook_name, context_length, config.train_set_size, texts)
+        folder = ctx.cache_path(kind, sae.cfg.hook_name, context_length, config.train_set_size, texts, config.random_seed)
     else:
         offline_get_train_test_data = original  # SAEBench's stock hub data and sizes
         folder = ctx.cache_path(f"{kind}-hub", sae.cfg.hook_name, config.context_length, config.train_set_size,
-                                config.dataset_names)
+                                config.dataset_names, config.random_seed)
 
     with patched(dataset_creation, "get_train_test_data", offline_get_train_test_data), \
             patched(dataset_info, "dataset_metadata", {**dataset_info.dataset_metadata, **metadata}), \
@@ -132,7 +134,7 @@ def saebench_config(kind: str, settings: Settings, embedded: bool, **fields):
     (TPP's are set from the set once built)."""
     from sae_bench.evals.scr_and_tpp.eval_config import ScrAndTppEvalConfig
 
-    config = ScrAndTppEvalConfig(perform_scr=kind == "scr", n_values=N_VALUES, random_seed=SEED, **fields)
+    config = ScrAndTppEvalConfig(perform_scr=kind == "scr", n_values=N_VALUES, random_seed=SEED + settings.seed, **fields)
     if embedded:
         config.context_length = settings.context_length
         config.dataset_names = [SCR_SET if kind == "scr" else TPP_SET]

@@ -30,6 +30,7 @@ class Settings:
     train_per_class: int = 40  # offline sets: texts per class
     test_per_class: int = 20
     context_length: int = 64  # tokens per text (SAEBench pads to it)
+    seed: int = 0  # eval reseed: another sample of the offline sets' texts, and SAEBench's random_seed 42 + seed
 
 
 def run(ctx: EvalContext, settings: Settings) -> dict:
@@ -54,7 +55,8 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
     names = list(base.dataset_names)
     sets = {}
     if ctx.embedded:
-        sets = {n: ctx.labelled(labelled_data.PROBING_SETS[n], settings.train_per_class, settings.test_per_class)
+        sets = {n: ctx.labelled(labelled_data.PROBING_SETS[n], settings.train_per_class, settings.test_per_class,
+                              seed=settings.seed)
                 for n in names}
         base.probe_train_set_size = sum(len(s.train) for s in sets.values())
         base.probe_test_set_size = sum(len(s.test) for s in sets.values())
@@ -114,7 +116,7 @@ def saebench_config(settings: Settings, embedded: bool, **fields):
     set from the sets once built)."""
     from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
 
-    config = SparseProbingEvalConfig(k_values=K_VALUES, random_seed=SEED, **fields)
+    config = SparseProbingEvalConfig(k_values=K_VALUES, random_seed=SEED + settings.seed, **fields)
     if embedded:
         config.dataset_names = list(OFFLINE_SETS)
         config.context_length = settings.context_length

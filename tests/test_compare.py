@@ -28,7 +28,7 @@ def test_dry_run_lists_one_sweep_per_variant_over_its_sparsity_grid_with_the_bas
         assert ("scr" in line.split("--evals=")[1].split()[0]) == (variant == "adversarial")  # its target's eval
         assert line.endswith("--set core.reconstruction_batches=2")  # flags after -- reach experiment.py
     n = sum(len(VARIANTS[v].SPARSITY[1]) * (3 if v in ("relu", "topk") else 1) for v in VARIANTS)
-    assert f"{len(VARIANTS)} variants, {n} SAEs" in proc.stdout
+    assert f"{len(VARIANTS)} sweeps, {n} SAEs" in proc.stdout
 
 
 def test_a_variant_with_all_its_runs_complete_is_skipped_and_bad_options_get_one_line(tmp_path):
@@ -44,3 +44,45 @@ def test_a_variant_with_all_its_runs_complete_is_skipped_and_bad_options_get_one
         proc = compare("--dry_run", bad)
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_dose_sweeps_each_seed_variant_term_weight_at_one_sparsity_and_noise_needs_the_comparison_first(tmp_path):
+    from trainers import VARIANTS
+
+    proc = compare("--dose", "--dry_run", f"--out={tmp_path}", "--weights=0,1,10,100", "--dose_at=1")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("$ ")]
+    with_target = [v for v in VARIANTS if getattr(VARIANTS[v], "TARGET_METRICS", ())]
+    assert [line.split("--variant=")[1].split()[0] for line in lines] == with_target
+    for variant, line in zip(with_target, lines):
+        knob, grid = VARIANTS[variant].SPARSITY
+        assert f"--sweep {variant}.weight=0,1,10,100 --set {variant}.{knob}={grid[1]:g} --seed=0" in line
+        assert f"--out_dir={tmp_path / ('dose_' + variant)}" in line
+    proc = compare("--noise", "--dry_run", f"--out={tmp_path}")
+    assert proc.returncode == 2 and "run the comparison (python compare.py) first" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_noise_adds_the_missing_evals_to_each_baseline_seed_and_reevaluates_the_first_at_every_eval_seed(tmp_path):
+    from trainers import VARIANTS
+
+    knob, grid = VARIANTS["relu"].SPARSITY
+    for i, (seed, value) in enumerate([(s, v) for v in grid for s in (0, 1, 2)]):
+        (tmp_path / f"relu_{i}").mkdir()
+        info = {"status": "ok", "variant": "relu", "core": {}, "config": {"variant": {knob: value}, "training": {"seed": seed}}}
+        if i == 4:  # already holds sparse probing: only the other evals are added to it
+            info["sparse_probing"] = {}
+        (tmp_path / f"relu_{i}" / "final_info.json").write_text(json.dumps(info))
+    proc = compare("--noise", "--dry_run", f"--out={tmp_path}", "--dose_at=1", "--noise_evals=core,sparse_probing,unlearning",
+                   "--eval_seeds=1,2")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("$ ")]
+    at = [f"relu_{i}" for i in (3, 4, 5)]  # grid[1] at seeds 0, 1, 2
+    assert lines[:3] == [f"$ python reevaluate.py {tmp_path / at[0]} --evals=sparse_probing,unlearning",
+                         f"$ python reevaluate.py {tmp_path / at[1]} --evals=unlearning",
+                         f"$ python reevaluate.py {tmp_path / at[2]} --evals=sparse_probing,unlearning"]
+    for s, line in zip((1, 2), lines[3:]):
+        assert line == (f"$ python reevaluate.py {tmp_path / at[0]} --out_dir={tmp_path / f'noise_evalseed_{s}'} "
+                        f"--evals=core,sparse_probing,unlearning --set core.seed={s} --set sparse_probing.seed={s} "
+                        f"--set unlearning.split_seed={s}")
+    assert len(lines) == 5

@@ -113,3 +113,11 @@ def test_clustering_scores_are_perfect_for_separated_classes():
                    torch.tensor([0.0, 5, 0]) + 0.1 * torch.randn(10, 3, generator=g)])
     s = d.clustering_scores(x, ["a"] * 10 + ["b"] * 10)
     assert s["nmi"] == pytest.approx(1.0) and s["silhouette"] > 0.9
+
+
+def test_domain_block_takes_the_next_run_of_texts_per_eval_seed_and_the_last_run_when_the_corpus_is_short():
+    texts = [f"t{i}" for i in range(10)]
+    assert d.domain_block(texts, 4, 0) == texts[:4]
+    assert d.domain_block(texts, 4, 1) == texts[4:8]
+    assert d.domain_block(texts, 4, 2) == texts[6:]  # 8..12 would run past the end: the last 4
+    assert d.domain_block(texts, 20, 1) == texts  # fewer texts than asked: all of them

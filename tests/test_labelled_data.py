@@ -147,3 +147,15 @@ def test_probe_test_split_is_independent_of_the_document_split():
     cut: 25 of every 30 held-out documents would be test examples instead of one in four."""
     s = L.topic_set(1000, 1000, held_out_percent=PCT)
     assert 0.15 < len(s.test) / (len(s.train) + len(s.test)) < 0.35
+
+
+@pytest.mark.parametrize("name", list(L.PROBING_SETS))
+def test_an_eval_seed_draws_another_sample_of_the_same_pools_and_seed_42_is_the_default(name):
+    build = L.PROBING_SETS[name]
+    default, same, other = build(20, 10, held_out_percent=20), build(20, 10, held_out_percent=20, seed=L.SEED), \
+        build(20, 10, held_out_percent=20, seed=L.SEED + 1)
+    assert default.train == same.train and default.test == same.test
+    assert set(default.train) != set(other.train)  # another sample ...
+    assert Counter(c for _, c in other.train) == Counter(c for _, c in default.train)  # ... as balanced
+    train_side = {t for t, _ in default.train} | {t for t, _ in other.train}
+    assert not train_side & ({t for t, _ in default.test} | {t for t, _ in other.test})  # test texts stay test texts

@@ -185,3 +185,60 @@ def test_bars_carry_the_seed_range_of_their_setting_and_only_seeds_of_one_settin
     # the bars, and the two seeds' range on each seed's bar (runs 0 and 1), none on the others'
     assert [round(float(c.lines[0].get_xdata()[0])) for c in ax.containers[1:]] == [0, 1]
     plot.plt.close(fig)
+
+
+def test_dose_response_groups_one_variant_over_its_weights_beside_the_baseline_and_stays_off_the_frontier(tmp_path):
+    import plot
+
+    runs = [frontier_run("relu", seed, l1, l0, ce) for seed in (0, 1, 2)
+            for l1, l0, ce in ((1.0, 20 + seed, 0.80 + 0.01 * seed), (0.5, 40, 0.85))]
+    runs += [frontier_run("contrastive", 0, l1, l0, 0.8, silhouette=0.1) for l1, l0 in ((1.0, 20), (0.5, 40))]
+    for w, sil, ce in ((0.0, 0.10, 0.81), (1.0, 0.15, 0.80), (10.0, 0.30, 0.75), (100.0, 0.50, 0.60)):
+        r = frontier_run("contrastive", 0, 1.0, 22, ce, silhouette=sil)
+        r["info"]["config"]["variant"]["weight"] = w
+        runs.append(r)
+    groups = plot.dose_groups(runs)
+    assert len(groups) == 1 and groups[0]["sparsity"] == ("l1_coefficient", 1.0)
+    # the comparison's own run at the default weight (0.1) joins the four dose runs; the baseline: relu's 3 seeds at L1 1
+    assert [w for w, _ in groups[0]["points"]] == [0.0, 0.1, 1.0, 10.0, 100.0]
+    assert len(groups[0]["baseline"]) == 3
+    # the dose runs (one sparsity setting each) are not frontiers: only relu's and contrastive's own
+    assert sorted(label for _, label in plot.frontier_series(runs)) == ["contrastive", "relu"]
+    table = plot.write_dose_table(runs, tmp_path).read_text()
+    assert "| 100 | 22 | 0.6 | 0.65 | 0.5 | n/a |" in table  # weight, L0, CE, EV (CE + 0.05), silhouette, NMI
+    assert "| relu, 3 seeds (range) | 20-22 | 0.8-0.82 |" in table
+    path = plot.plot_dose_response(runs, tmp_path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20000
+
+
+def test_noise_table_gives_reseed_and_training_seed_ranges_and_separates_variants_only_beyond_both(tmp_path):
+    import plot
+
+    def core(ev):
+        return {"eval_result_metrics": {"reconstruction_quality": {"explained_variance": ev}, "sparsity": {"l0": 40}}}
+
+    runs = []
+    for seed, ev in ((0, 0.90), (1, 0.92), (2, 0.91)):  # training-seed range of EV: 0.02
+        for l1, l0 in ((1.0, 20), (0.5, 40), (0.25, 80)):
+            r = frontier_run("relu", seed, l1, l0, 0.85, nmi=0.30 + 0.01 * seed)
+            r["info"]["summary"]["explained_variance"] = ev if l1 == 0.5 else ev - 0.05
+            r["info"]["core"] = core(ev if l1 == 0.5 else ev - 0.05)
+            r["dir"] = str(tmp_path / f"relu_{seed}_{l1}")
+            runs.append(r)
+    for l1, l0, ev in ((1.0, 20, 0.90), (0.5, 40, 0.95), (0.25, 80, 0.97)):  # topk's EV at L0 40: 0.95
+        r = frontier_run("topk", 0, l1 * 100, l0, 0.85)
+        r["info"]["summary"]["explained_variance"] = ev
+        runs.append(r)
+    source = runs[1]  # relu, seed 0, L1 0.5: EV 0.90 at eval seed 0, 0.905 and 0.895 at eval seeds 1 and 2
+    reevals = [{"name": f"noise_evalseed_{s}", "info": {"source_run": source["dir"], "core": core(ev),
+                                                         "diagnostics": {"nmi": 0.30 + d},
+                                                         "config": {"evals": {"core": {"seed": s}}}}}
+               for s, ev, d in ((1, 0.905, 0.04), (2, 0.895, -0.01))]
+    table = plot.write_noise_table(runs, reevals, tmp_path).read_text()
+    assert "at eval seeds 0, 1, 2" in table and "3 SAEs of this setting" in table
+    # EV: reseed range 0.01, training-seed range 0.02, resolvable 0.02; between variants at L0 40: topk 0.95 against
+    # relu's mean over seeds 0.91, a range of 0.04 > 0.02: separated
+    assert "| explained variance | 0.9 | 0.01 | 0.02 | 0.02 | 0.04 | **yes** |" in table
+    # NMI: reseed range 0.05 (0.29 .. 0.34) exceeds the training-seed range 0.02; topk has no NMI: n/a between variants
+    assert "| NMI | 0.3 | 0.05 | 0.02 | 0.05 | n/a | n/a |" in table
+    assert "sparse probing" not in table  # a metric nobody measured is left out

@@ -166,16 +166,16 @@ def wiki_documents(lang: str, held_out_percent: int, part: str) -> tuple[Documen
 
 
 def topic_set(n_train: int = 200, n_test: int = 100, classes=TOPIC_CLASSES, *, held_out_percent: int,
-              part: str = "held_out") -> LabelledSet:
+              part: str = "held_out", seed: int = SEED) -> LabelledSet:
     examples = [(d.text, d.topic, d.text) for d in wiki_documents("en", held_out_percent, part)]
-    train, test = balanced_split(examples, classes, n_train, n_test)
+    train, test = balanced_split(examples, classes, n_train, n_test, seed=seed)
     return LabelledSet("wiki_topic", "fancyzhx/ag_news", "topic", tuple(classes), train, test)
 
 
 def language_set(n_train: int = 200, n_test: int = 100, classes=tuple(LANGUAGES), *, held_out_percent: int,
-                 part: str = "held_out") -> LabelledSet:
+                 part: str = "held_out", seed: int = SEED) -> LabelledSet:
     examples = [(d.text, lang, d.text) for lang in classes for d in wiki_documents(lang, held_out_percent, part)]
-    train, test = balanced_split(examples, classes, n_train, n_test)
+    train, test = balanced_split(examples, classes, n_train, n_test, seed=seed)
     return LabelledSet("wiki_language", "Helsinki-NLP/europarl", "language", tuple(classes), train, test)
 
 
@@ -197,9 +197,9 @@ def mt_mbpp_programs() -> tuple[tuple[str, str, str], ...]:
 
 
 def code_set(n_train: int = 200, n_test: int = 100, classes=CODE_LANGUAGES, *, held_out_percent: int = 0,
-             part: str = "held_out") -> LabelledSet:
+             part: str = "held_out", seed: int = SEED) -> LabelledSet:
     """Never SAE training text: the split arguments are accepted and ignored."""
-    train, test = balanced_split(list(mt_mbpp_programs()), classes, n_train, n_test)
+    train, test = balanced_split(list(mt_mbpp_programs()), classes, n_train, n_test, seed=seed)
     return LabelledSet("mt_mbpp_language", "codeparrot/github-code", "programming_language", tuple(classes),
                        train, test)
 
@@ -220,10 +220,10 @@ def mmlu(subject: str) -> tuple[dict, ...]:
 
 
 def mmlu_subject_set(n_train: int = 200, n_test: int = 100, classes=MMLU_SUBJECTS, *, held_out_percent: int = 0,
-                     part: str = "held_out") -> LabelledSet:
+                     part: str = "held_out", seed: int = SEED) -> LabelledSet:
     """Never SAE training text: the split arguments are accepted and ignored."""
     examples = [(q["question"].strip(), s, q["question"].strip()) for s in classes for q in mmlu(s)]
-    train, test = balanced_split(examples, classes, n_train, n_test)
+    train, test = balanced_split(examples, classes, n_train, n_test, seed=seed)
     return LabelledSet("mmlu_subject", "amazon_reviews_mcauley_1and5 (category; no offline copy)", "subject",
                        tuple(classes), train, test)
 
@@ -248,12 +248,12 @@ def gender_of(text: str) -> str | None:
 
 
 def profession_set(n_train: int = 200, n_test: int = 100, classes=PROFESSION_CLASSES, *, held_out_percent: int,
-                   part: str = "held_out") -> LabelledSet:
+                   part: str = "held_out", seed: int = SEED) -> LabelledSet:
     """Few biographies name exactly one profession, and only one side of the split may be used, so this
     set is the smallest: at the default 30% held out, about 28 train and 12 test examples per class."""
     examples = [(d.text, profession_of(d.text), d.text) for d in wiki_documents("en", held_out_percent, part)
                 if d.topic == "People"]
-    train, test = balanced_split(examples, classes, n_train, n_test, test_percent=30)
+    train, test = balanced_split(examples, classes, n_train, n_test, test_percent=30, seed=seed)
     return LabelledSet("wiki_bio_profession", "LabHC/bias_in_bios (profession)", "profession", tuple(classes),
                        train, test)
 
@@ -269,13 +269,13 @@ def gender_counts() -> dict[str, int]:
 
 
 def topic_language_set(n_train: int = 200, n_test: int = 100, topics=("People", "Geography"),
-                       languages=("en", "fr"), *, held_out_percent: int, part: str = "held_out") -> LabelledSet:
+                       languages=("en", "fr"), *, held_out_percent: int, part: str = "held_out", seed: int = SEED) -> LabelledSet:
     """Two attributes on the same examples, for SCR/TPP: label = topic, extra column = language.
     Balanced over the four (topic, language) cells."""
     cells = [f"{t}|{lang}" for t in topics for lang in languages]
     examples = [(d.text, f"{d.topic}|{lang}", d.text) for lang in languages
                 for d in wiki_documents(lang, held_out_percent, part)]
-    train, test = balanced_split(examples, cells, n_train, n_test)
+    train, test = balanced_split(examples, cells, n_train, n_test, seed=seed)
     split = lambda rows: ([(t, c.split("|")[0]) for t, c in rows], [c.split("|")[1] for t, c in rows])  # noqa: E731
     (train, train_lang), (test, test_lang) = split(train), split(test)
     return LabelledSet("wiki_topic_x_language", "LabHC/bias_in_bios (profession x gender)", "topic", tuple(topics),
