@@ -3,7 +3,7 @@ all on the same cached activations, then evaluated (a script on top of experimen
 
     python compare.py [--out=comparison] [--n_tokens=100000] [--variants=relu,topk,...] [--seeded=relu,topk]
                       [--seeds=0,1,2] [--evals=core,diagnostics] [--dry_run] [-- FLAGS FOR experiment.py ...]
-    python compare.py --dose [--weights=0,1,10,100] [--dose_at=1] ...     # dose-response of the seed variants
+    python compare.py --dose [--weights=1,10,100] [--dose_at=1] ...     # dose-response of the seed variants
     python compare.py --noise [--noise_evals=...] [--eval_seeds=1,2] ...  # what each eval can resolve
 
 For each variant: `experiment.py --variant=V --sweep V.KNOB=v1,v2,... [--sweep seed=...]`, its sparsity setting
@@ -49,7 +49,7 @@ from trainers import VARIANTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DEFAULTS = {"out": "comparison", "n_tokens": "100000", "variants": ",".join(VARIANTS), "seeded": "relu,topk",
-            "seeds": "0,1,2", "evals": "core,diagnostics", "weights": "0,1,10,100", "dose_at": "1",
+            "seeds": "0,1,2", "evals": "core,diagnostics", "weights": "1,10,100", "dose_at": "1",
             "noise_evals": "core,diagnostics,sparse_probing,scr,tpp,absorption", "eval_seeds": "1,2"}
 FLAGS = ("dry_run", "dose", "noise")
 RESEED = {"unlearning": "split_seed"}  # the eval's setting that draws another sample; `seed` for every other
