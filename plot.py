@@ -39,7 +39,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter, SymmetricalLogLocator  # noqa: E402
 
 from trainers import VARIANTS  # noqa: E402
 
@@ -85,10 +85,15 @@ def seed_ranges(runs, values) -> list[tuple[float, float] | None]:
     return out
 
 
-def _bars(ax, runs, values, title, ylabel=None):
+def bar_label(v: float) -> str:
+    """A bar's value as a person writes it: 0.918, 37.4, 1760 (not 1.76e+03)."""
+    return f"{v:.0f}" if 1000 <= abs(v) < 1e7 else f"{v:.3g}"
+
+
+def _bars(ax, runs, values, title, ylabel=None, ranges=None):
     labels = [r["label"] for r in runs]
     bars = ax.bar(range(len(values)), values, color=[f"C{i}" for i in range(len(values))])
-    for i, spread in enumerate(seed_ranges(runs, values)):  # the seeds' range of this run's setting, on its bar
+    for i, spread in enumerate(ranges if ranges is not None else seed_ranges(runs, values)):  # the seeds' range of this run's setting, on its bar
         if spread is not None:
             ax.errorbar(i, values[i], yerr=[[values[i] - spread[0]], [spread[1] - values[i]]], color="black",
                         capsize=4, lw=1)
@@ -98,7 +103,7 @@ def _bars(ax, runs, values, title, ylabel=None):
         ax.set_ylabel(ylabel)
     many = len(values) > 6  # side by side the labels would overlap: upright, inside the bar
     for bar, v in zip(bars, values):
-        ax.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height() * (0.97 if many else 1)),
+        ax.annotate(bar_label(v), (bar.get_x() + bar.get_width() / 2, bar.get_height() * (0.97 if many else 1)),
                     ha="center", va="top" if many else "bottom", fontsize=7 if many else 8, rotation=90 if many else 0)
 
 
@@ -170,11 +175,15 @@ def plot_l0_vs_ce(runs, out: Path) -> Path | None:
     if not runs:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 5))
+    at: dict[tuple, list[str]] = {}  # runs at the same point (to 3 digits) share one label instead of overprinting
     for i, r in enumerate(runs):
         m = r["info"]["core"]["eval_result_metrics"]
         x, y = m["sparsity"]["l0"], m["model_performance_preservation"]["ce_loss_score"]
         ax.scatter(x, y, color=f"C{i}", s=50)
-        ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        at.setdefault((f"{x:.3g}", f"{y:.3g}"), []).append((x, y, r["label"]))
+    for same in at.values():
+        ax.annotate(", ".join(label for _, _, label in same), same[0][:2], textcoords="offset points", xytext=(5, 5),
+                    fontsize=8)
     ax.set(xlabel="L0 (held-out)", ylabel="CE-loss score", title="sparsity vs. model-loss preservation")
     m = [r["info"]["core"]["eval_result_metrics"] for r in runs]
     readable_axis(ax, "x", [x["sparsity"]["l0"] for x in m], log=True)
@@ -244,11 +253,14 @@ def _integer_ticks(ax, ticks):
 
 def _bars_or_na(ax, runs, values, title):
     """Bars for numbers; "n/a" written where a score could not be measured (never drawn as 0)."""
-    _bars(ax, runs, [0.0 if v is None else v for v in values], title)
+    _bars(ax, runs, [0.0 if v is None else v for v in values], title, ranges=seed_ranges(runs, values))
     for i, v in enumerate(values):
         if v is None:
             ax.patches[i].set_alpha(0)
             ax.texts[i].set_text("n/a")
+    if all(v is None for v in values):  # nothing measured: no scale to read
+        ax.set_ylim(0, 1)
+        ax.set_yticks([])
 
 
 def plot_unlearning(runs, out: Path) -> Path | None:
@@ -272,6 +284,9 @@ def plot_unlearning(runs, out: Path) -> Path | None:
                 transform=ax.transAxes)
     ax.set(xscale="symlog", xlabel="retain-loss rise, % (select half)", ylabel="forget-loss rise, % (select half)",
            title="every intervention of the sweep")
+    ax.xaxis.set_major_locator(SymmetricalLogLocator(linthresh=1, base=10, subs=[1, 2, 5]))
+    ax.xaxis.set_major_formatter(FuncFormatter(plain_number))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, out / "unlearning.png")

@@ -242,3 +242,15 @@ def test_noise_table_gives_reseed_and_training_seed_ranges_and_separates_variant
     # NMI: reseed range 0.05 (0.29 .. 0.34) exceeds the training-seed range 0.02; topk has no NMI: n/a between variants
     assert "| NMI | 0.3 | 0.05 | 0.02 | 0.05 | n/a | n/a |" in table
     assert "sparse probing" not in table  # a metric nobody measured is left out
+
+
+def test_bar_labels_are_plain_numbers_and_a_panel_with_nothing_measured_shows_no_scale():
+    import plot
+
+    assert [plot.bar_label(v) for v in (1763.2, 0.91834, 37.35, 2.5e-5)] == ["1763", "0.918", "37.4", "2.5e-05"]
+    runs = [frontier_run("relu", s, 1.0, 30, 0.8) for s in (0, 1)]
+    fig, ax = plot.plt.subplots()
+    plot._bars_or_na(ax, runs, [None, None], "MCQ")
+    assert [t.get_text() for t in ax.texts] == ["n/a", "n/a"] and list(ax.get_yticks()) == []
+    assert [type(c).__name__ for c in ax.containers] == ["BarContainer"]  # no seed range drawn for what is not measured
+    plot.plt.close(fig)
