@@ -19,6 +19,11 @@ frontiers.png        L0 against CE-loss score, explained variance and each varia
                      variant along its sparsity setting, the seeds' range shaded (compare.py's runs)
 frontier_table.md    each variant against the baseline at matched L0 (20, 40, 80): values, difference, and whether
                      it exceeds the seed spread
+dose_response.png    each seed variant's target metric and CE-loss score against its term's weight (compare.py --dose),
+                     the baseline's seeds at the same sparsity setting shaded; dose_table.md: the same numbers
+noise_table.md       per metric: its range when only the eval's seed changes (the SAE fixed; reevaluate.py folders
+                     at other eval seeds, compare.py --noise), its training-seed range, the least difference it
+                     resolves, and the range between the variants at the same L0
 runs_table.md        one row per run: variant, settings changed from the defaults, L0, EV, CE/KL score, diagnostics;
                      with >= 3 baseline seeds of one budget: their mean, spread, and "~" on numbers within it
 A run without a core eval is left out of the figures that need it; a failed run is labelled so.
