@@ -44,7 +44,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter, SymmetricalLogLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, SymmetricalLogLocator  # noqa: E402
 
 from trainers import VARIANTS  # noqa: E402
 
@@ -215,6 +215,7 @@ def readable_axis(ax, which: str, values, log: bool = False) -> None:
     if log and lo > 0 and hi / lo >= 3:
         set_scale("log")
         set_lim(lo / 1.25, hi * 1.25)
+        axis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))  # 10, 20, 50, 100: not only the decades
         axis.set_major_formatter(FuncFormatter(plain_number))
         axis.set_minor_formatter(NullFormatter())
         return
