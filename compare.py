@@ -101,7 +101,8 @@ def noise_commands(opts: dict) -> list[tuple[str, list[str]]]:
         held = json.loads((run / "final_info.json").read_text())
         missing = [e for e in evals if not isinstance(held.get(e), dict)]
         if missing:
-            todo.append((f"{run.name}: add {','.join(missing)}", [str(run), f"--evals={','.join(missing)}"]))
+            todo.append((f"{run.name}: add {','.join(missing)}", [str(run), f"--evals={','.join(missing)}",
+                                                                  f"--notes={Path(opts['out']) / 'notes.txt'}"]))
     for s in opts["eval_seeds"].split(",") if sources else ():
         target = Path(opts["out"]) / f"noise_evalseed_{s}"
         if not (target / "reevaluation.json").is_file():

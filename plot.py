@@ -861,10 +861,9 @@ def write_noise_table(runs, reevaluations, out: Path) -> Path | None:
             r_range = max(reseed) - min(reseed) if len(reseed) > 1 else None
             t_range = max(trained) - min(trained) if len(trained) > 1 else None
             resolvable = max((x for x in (r_range, t_range) if x is not None), default=None)
-            fpath = FRONTIER_PATH.get(name) or next((p for n, p in FRONTIER_METRICS + [m for s in series.values()
-                                                    for m in target_metrics(s["variant"])] if p == (ev, *path)), None)
+            fpath = FRONTIER_PATH.get(name, (ev, *path))  # where the frontier's runs hold it in final_info.json
             between = None
-            if fpath is not None and l0 is not None:
+            if l0 is not None and name != "L0":  # L0 is what the variants are matched at
                 vals = [v for (k, _), s in series.items() if k == key for v in [matched(s, l0, fpath)[0]] if v is not None]
                 between = max(vals) - min(vals) if len(vals) > 1 else None
             verdict = ("n/a" if between is None or resolvable is None

@@ -78,9 +78,10 @@ def test_noise_adds_the_missing_evals_to_each_baseline_seed_and_reevaluates_the_
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("$ ")]
     at = [f"relu_{i}" for i in (3, 4, 5)]  # grid[1] at seeds 0, 1, 2
-    assert lines[:3] == [f"$ python reevaluate.py {tmp_path / at[0]} --evals=sparse_probing,unlearning",
-                         f"$ python reevaluate.py {tmp_path / at[1]} --evals=unlearning",
-                         f"$ python reevaluate.py {tmp_path / at[2]} --evals=sparse_probing,unlearning"]
+    notes = f"--notes={tmp_path / 'notes.txt'}"  # the additions' notes go beside the comparison's
+    assert lines[:3] == [f"$ python reevaluate.py {tmp_path / at[0]} --evals=sparse_probing,unlearning {notes}",
+                         f"$ python reevaluate.py {tmp_path / at[1]} --evals=unlearning {notes}",
+                         f"$ python reevaluate.py {tmp_path / at[2]} --evals=sparse_probing,unlearning {notes}"]
     for s, line in zip((1, 2), lines[3:]):
         assert line == (f"$ python reevaluate.py {tmp_path / at[0]} --out_dir={tmp_path / f'noise_evalseed_{s}'} "
                         f"--evals=core,sparse_probing,unlearning --set core.seed={s} --set sparse_probing.seed={s} "
