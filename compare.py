@@ -93,9 +93,9 @@ def noise_sources(opts: dict) -> list[Path]:
     return [found[s] for s in opts["seeds"].split(",") if s in found]
 
 
-def noise_commands(opts: dict) -> list[tuple[str, list[str]]]:
-    """(what, reevaluate.py arguments) for the eval-noise study (see the module doc)."""
-    sources, evals = noise_sources(opts), opts["noise_evals"].split(",")
+def noise_commands(opts: dict, sources: list[Path]) -> list[tuple[str, list[str]]]:
+    """(what, reevaluate.py arguments) for the eval-noise study on `sources` (noise_sources; see the module doc)."""
+    evals = opts["noise_evals"].split(",")
     todo = []
     for run in sources:
         held = json.loads((run / "final_info.json").read_text())
@@ -154,12 +154,13 @@ def main(argv: list[str]) -> int:
     out = Path(opts["out"])
     start, times = time.perf_counter(), {}
     if "noise" in opts:
-        if not noise_sources(opts):
+        sources = noise_sources(opts)
+        if not sources:
             print(f"error: no finished {opts['seeded'].split(',')[0]} run at the --dose_at setting in {out}/: "
                   "run the comparison (python compare.py) first", file=sys.stderr)
             return 2
-        todo = noise_commands(opts)
-        print(f"eval noise in {out}/: {len(todo)} evaluations of saved SAEs ({len(noise_sources(opts))} training seeds)")
+        todo = noise_commands(opts, sources)
+        print(f"eval noise in {out}/: {len(todo)} evaluations of saved SAEs ({len(sources)} training seeds)")
         for what, args in todo:
             print("$ python reevaluate.py " + " ".join(args), flush=True)
             if "dry_run" in opts:

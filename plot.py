@@ -535,6 +535,14 @@ def lookup(info: dict, path) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
+def comparison_key(info: dict) -> str:
+    """What the runs of one comparison share: the target (model, hook, data) without the variant, and the
+    training settings without the seed."""
+    cfg = info.get("config", {})
+    return json.dumps([{k: v for k, v in cfg.get("target", {}).items() if k != "variant"},
+                       {k: v for k, v in cfg.get("training", {}).items() if k != "seed"}], sort_keys=True)
+
+
 def frontier_series(runs) -> dict[tuple[str, str], dict]:
     """(comparison key, series label) -> {"variant", "seeds": {seed: [(L0, info), ...] by L0}} for every finished
     run with a core eval: a series is one variant with one setting of everything but its sparsity setting (its
@@ -547,8 +555,7 @@ def frontier_series(runs) -> dict[tuple[str, str], dict]:
         if variant is None or info.get("status") != "ok" or l0 is None or not isinstance(cfg.get("target"), dict):
             continue
         knob = variant.SPARSITY[0]
-        key = json.dumps([{k: v for k, v in cfg["target"].items() if k != "variant"},
-                          {k: v for k, v in cfg.get("training", {}).items() if k != "seed"}], sort_keys=True)
+        key = comparison_key(info)
         others = ", ".join(s for s in changed_settings(info).split(", ") if not s.startswith(f"{knob}="))
         label = info["variant"] + ("" if others in ("", "defaults") else f" ({others})")
         series = out.setdefault((key, label), {"variant": info["variant"], "seeds": {}})
@@ -688,12 +695,11 @@ def dose_groups(runs) -> list[dict]:
                 or not isinstance(cfg.get("target"), dict)):
             continue
         knob = variant.SPARSITY[0]
-        setup = [{k: v for k, v in cfg["target"].items() if k != "variant"}, dict(cfg.get("training", {}))]
+        setup, seed = comparison_key(info), cfg.get("training", {}).get("seed", 0)
         others = {k: v for k, v in cfg["variant"].items() if k != DOSE_KNOB}
-        key = json.dumps([setup, info["variant"], others], sort_keys=True, default=str)
+        key = json.dumps([setup, seed, info["variant"], others], sort_keys=True, default=str)
         g = groups.setdefault(key, {"variant": info["variant"], "sparsity": (knob, cfg["variant"].get(knob)),
-                                    "seed": cfg["training"].get("seed", 0), "setup": setup[:1] + [
-                                        {k: v for k, v in setup[1].items() if k != "seed"}], "points": []})
+                                    "seed": seed, "setup": setup, "points": []})
         g["points"].append((float(cfg["variant"][DOSE_KNOB]), info))
     out = []
     for g in groups.values():
@@ -705,8 +711,7 @@ def dose_groups(runs) -> list[dict]:
                          and isinstance(r["info"].get("config", {}).get("variant"), dict)
                          and r["info"]["config"]["variant"].get(knob) == value
                          and changed_settings(r["info"]) in ("defaults", f"{knob}={value}")
-                         and [{k: v for k, v in r["info"]["config"].get("target", {}).items() if k != "variant"},
-                              {k: v for k, v in r["info"]["config"].get("training", {}).items() if k != "seed"}] == g["setup"]]
+                         and comparison_key(r["info"]) == g["setup"]]
         out.append(g)
     return sorted(out, key=lambda g: g["variant"])
 
@@ -842,8 +847,7 @@ def write_noise_table(runs, reevaluations, out: Path) -> Path | None:
         group = seed_group(fixed["info"])
         seeds = [r for r in runs if seed_group(r["info"]) == group and r["info"].get("status") == "ok"]
         l0 = lookup(fixed["info"], ("summary", "l0"))
-        key = json.dumps([{k: v for k, v in fixed["info"]["config"]["target"].items() if k != "variant"},
-                          {k: v for k, v in fixed["info"]["config"]["training"].items() if k != "seed"}], sort_keys=True)
+        key = comparison_key(fixed["info"])
         lines += [f"## {fixed['name']} ({fixed['info']['variant']}, {changed_settings(fixed['info'])}, L0 {fmt(l0)})", "",
                   f"Reseed: the same SAE at eval seeds {', '.join(str(s) for s in sorted({0} | {eval_seed_of(r['info']) for r in rvs}))}. "
                   f"Training seeds: {len(seeds)} SAEs of this setting ({', '.join(r['name'] for r in seeds)}), eval seed 0. "
