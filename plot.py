@@ -90,6 +90,30 @@ def seed_ranges(runs, values) -> list[tuple[float, float] | None]:
     return out
 
 
+def seed_bands(runs, curves: list[dict]) -> list[dict | None]:
+    """For curves (one {x: y} per run), each run's {x: (min, max)} over the seeds of its setting, drawn once per
+    setting: the first seed of a setting gets the band, the others None (as do runs without seeds)."""
+    xs = sorted({x for c in curves for x in c}, key=float)
+    per_x = {x: seed_ranges(runs, [c.get(x) for c in curves]) for x in xs}
+    out: list[dict | None] = [None] * len(runs)
+    drawn = set()
+    for i, r in enumerate(runs):
+        band = {x: per_x[x][i] for x in xs if per_x[x][i] is not None}
+        group = seed_group(r["info"])
+        if band and group not in drawn:
+            drawn.add(group)
+            out[i] = band
+    return out
+
+
+def _band(ax, band: dict | None, colour: str) -> None:
+    """A run's seed range along its curve, shaded (nothing where it has no seeds)."""
+    if band:
+        xs = sorted(band, key=float)
+        ax.fill_between([float(x) for x in xs], [band[x][0] for x in xs], [band[x][1] for x in xs], color=colour,
+                        alpha=0.15, lw=0)
+
+
 def bar_label(v: float) -> str:
     """A bar's value as a person writes it: 0.918, 37.4, 1760 (not 1.76e+03)."""
     return f"{v:.0f}" if 1000 <= abs(v) < 1e7 else f"{v:.3g}"
@@ -233,11 +257,13 @@ def plot_sparse_probing(runs, out: Path) -> Path | None:
     if not runs:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 5))
+    bands = seed_bands(runs, [r["info"]["sparse_probing"]["sae_top_k_test_accuracy"] for r in runs])
     for i, r in enumerate(runs):
         sp = r["info"]["sparse_probing"]
         ks = sorted(sp["sae_top_k_test_accuracy"], key=int)
         ax.plot([int(k) for k in ks], [sp["sae_top_k_test_accuracy"][k] for k in ks], "o-", color=f"C{i}",
-                label=f"{r['label']} SAE")
+                label=f"{r['label']} SAE" + (" (its seeds' range shaded)" if bands[i] else ""))
+        _band(ax, bands[i], f"C{i}")
         ax.plot([int(k) for k in ks], [sp["llm_top_k_test_accuracy"][k] for k in ks], "x--", color=f"C{i}",
                 alpha=0.6, label=f"{r['label']} LLM")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
@@ -305,10 +331,14 @@ def plot_scr_tpp_absorption(runs, out: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for ax, (key, these) in zip(axes, panels):
+        bands = seed_bands(these, [{n: v for n, v in r["info"][key]["metric_by_n_latents"].items() if v is not None}
+                                   for r in these])
         for i, r in enumerate(these):
             m = r["info"][key]["metric_by_n_latents"]
             ns = [n for n in sorted(m, key=int) if m[n] is not None]
-            ax.plot([int(n) for n in ns], [m[n] for n in ns], "o-", color=f"C{i}", label=r["label"])
+            ax.plot([int(n) for n in ns], [m[n] for n in ns], "o-", color=f"C{i}",
+                    label=r["label"] + (" (its seeds' range shaded)" if bands[i] else ""))
+            _band(ax, bands[i], f"C{i}")
         title = "SCR (spurious-correlation removal)" if key == "scr" else "TPP (targeted probe perturbation)"
         ax.set(xscale="log", xlabel="latents ablated", ylabel="metric", title=title)
         _integer_ticks(ax, [2, 5, 10, 20, 50, 100, 500])

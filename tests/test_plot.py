@@ -187,6 +187,26 @@ def test_bars_carry_the_seed_range_of_their_setting_and_only_seeds_of_one_settin
     plot.plt.close(fig)
 
 
+def test_line_figures_shade_each_settings_seed_range_once_per_setting(tmp_path):
+    import plot
+
+    runs = [{"name": f"relu_{i}", "label": f"relu_{i}", "info": frontier_run("relu", seed, l1, 30, 0.8)["info"]}
+            for i, (seed, l1) in enumerate([(0, 1.0), (1, 1.0), (2, 1.0), (0, 0.5)])]
+    curves = [{"1": 0.60, "5": 0.70}, {"1": 0.64, "5": 0.69}, {"1": 0.62, "5": None}, {"1": 0.9, "5": 0.95}]
+    for r, c in zip(runs, curves):
+        r["info"] = with_evals(r["info"])
+        r["info"]["sparse_probing"]["sae_top_k_test_accuracy"] = {k: v for k, v in c.items() if v is not None}
+    bands = plot.seed_bands(runs, [r["info"]["sparse_probing"]["sae_top_k_test_accuracy"] for r in runs])
+    # k=1: the three seeds' range; k=5: one seed lacks it, so no range; drawn on the first seed only, none for L1 0.5
+    assert bands == [{"1": (0.60, 0.64)}, None, None, None]
+    plot.plot_sparse_probing(runs, tmp_path)
+    fig, ax = plot.plt.subplots()
+    plot._band(ax, bands[0], "C0")
+    assert len(ax.collections) == 1 and plot._band(ax, None, "C1") is None and len(ax.collections) == 1
+    plot.plt.close(fig)
+    assert (tmp_path / "sparse_probing.png").stat().st_size > 5000
+
+
 def test_dose_response_groups_one_variant_over_its_weights_beside_the_baseline_and_stays_off_the_frontier(tmp_path):
     import plot
 
