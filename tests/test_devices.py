@@ -70,10 +70,10 @@ def test_the_sparse_topk_decoder_choice_reads_the_device_kind_of_any_cuda_index(
 def test_a_run_with_the_model_in_bf16_and_the_sae_in_fp32_matches_the_fp32_run(tmp_path):
     """The CUDA default's dtypes (bf16 model, fp32 SAE) end to end on the CPU: the activation cache
     stores bf16, training and the evals take bf16 activations into an fp32 SAE."""
-    args = ["--n_tokens=12800", "--batch_size=128", "--seqs_per_fill=32", "--log_every=10", "--eval_cache_dir=cache",
-            "--evals=core,sparse_probing"]
-    for name in ("core", "sparse_probing"):
-        args += [a for s in TINY_EVALS[name] for a in ("--set", f"{name}.{s}")]
+    # core only: it is the eval whose model passes (clean, spliced, zero-ablated) all run in bf16 and read the SAE's
+    # fp32 output back into the model; a bf16 forward is slow on a CPU (about 50 tokens/s here), so 50 steps
+    args = ["--n_tokens=6400", "--batch_size=128", "--seqs_per_fill=32", "--log_every=10", "--eval_cache_dir=cache",
+            "--evals=core"] + [a for s in TINY_EVALS["core"] for a in ("--set", f"core.{s}")]
     infos = {}
     for dtype in ("float32", "bfloat16"):
         proc = run_experiment(f"--out_dir=run_{dtype}", f"--dtype={dtype}", *args, cwd=tmp_path)

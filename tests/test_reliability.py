@@ -17,8 +17,9 @@ from tests.test_experiment import ROOT, TINY_EVALS, run_experiment
 
 pytestmark = pytest.mark.slow
 
-N_TOKENS = 128 * 160  # 160 steps: long enough to be killed in the middle
-ARGS = [f"--n_tokens={N_TOKENS}", "--batch_size=128", "--seqs_per_fill=32", "--log_every=10",
+N_TOKENS = 128 * 80  # 80 steps, a checkpoint every 10: long enough to be killed in the middle (the model runs)
+STEPS = N_TOKENS // 128
+ARGS = [f"--n_tokens={N_TOKENS}", "--batch_size=128", "--seqs_per_fill=32", "--log_every=5",
         "--checkpoint_every_tokens=1280", "--activation_cache=false", "--eval_cache_dir=cache",
         "--evals=core,diagnostics"] + [a for name in ("core", "diagnostics") for s in TINY_EVALS[name]
                                        for a in ("--set", f"{name}.{s}")]
@@ -94,10 +95,10 @@ def test_a_run_killed_mid_training_and_resumed_ends_identical_to_one_never_inter
     cwd, expected = reference
     killed_when("run_2", cwd, lambda work: steps_done(work) >= 30)
     at = steps_done(cwd / "run_2.partial")
-    assert 30 <= at < N_TOKENS // 128
+    assert 30 <= at < STEPS
     proc = run_experiment("--out_dir=run_2", "--resume", cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"training goes on from step {at} of 160" in proc.stdout
+    assert f"training goes on from step {at} of {STEPS}" in proc.stdout
     got = numbers(json.loads((cwd / "run_2" / "final_info.json").read_text()))
     assert_same(got, expected)
     assert not (cwd / "run_2.partial").exists()  # finished: no work folder, no checkpoint left
@@ -108,7 +109,7 @@ def test_a_run_killed_during_its_evals_resumes_without_rerunning_the_finished_on
     killed_when("run_3", cwd, lambda work: (work / "run_3" / "evals_done.pt").exists())
     proc = run_experiment("--out_dir=run_3", "--resume", cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "training goes on from step 160 of 160" in proc.stdout
+    assert f"training goes on from step {STEPS} of {STEPS}" in proc.stdout
     assert "[eval] core: finished before the interruption, kept" in proc.stdout
     got = numbers(json.loads((cwd / "run_3" / "final_info.json").read_text()))
     assert_same(got, expected)
@@ -162,7 +163,7 @@ def test_ctrl_c_during_the_evals_keeps_what_finished_says_how_to_resume_and_exit
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert "python experiment.py --out_dir=run_6 --resume" in err
     assert (stage / "evals_done.pt").exists() and (stage / "sae").is_dir() and not (cwd / "run_6").exists()
-    assert steps_done(cwd / "run_6.partial") == N_TOKENS // 128
+    assert steps_done(cwd / "run_6.partial") == STEPS
     proc = run_experiment("--out_dir=run_6", "--resume", cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[eval] core: finished before the interruption, kept" in proc.stdout
