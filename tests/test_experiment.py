@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -430,7 +431,11 @@ def test_every_bad_input_of_the_list_gets_one_clear_line_and_exit_code_2(tmp_pat
         before = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*"))
         monkeypatch.chdir(cwd)
         capsys.readouterr()
-        assert experiment.main(["--out_dir=run_9", *args]) == 2, args
+        sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own
+        try:
+            assert experiment.main(["--out_dir=run_9", *args]) == 2, args
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)
         _one_line_and_nothing_written(args, message, capsys.readouterr().err, cwd, before)
 
 
