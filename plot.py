@@ -331,8 +331,7 @@ def plot_scr_tpp_absorption(runs, out: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for ax, (key, these) in zip(axes, panels):
-        bands = seed_bands(these, [{n: v for n, v in r["info"][key]["metric_by_n_latents"].items() if v is not None}
-                                   for r in these])
+        bands = seed_bands(these, [r["info"][key]["metric_by_n_latents"] for r in these])  # None: no range there
         for i, r in enumerate(these):
             m = r["info"][key]["metric_by_n_latents"]
             ns = [n for n in sorted(m, key=int) if m[n] is not None]
