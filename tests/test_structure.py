@@ -29,21 +29,31 @@ def project_modules() -> dict[str, Path]:
     return out
 
 
-def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """The project modules a file imports, anywhere in it (function-level imports included)."""
-    found = set()
+def import_statements(path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """Every import in a file, anywhere in it (function-level ones included), as (module, names imported from
+    it): `import a.b` -> ("a.b", ()), `from a import b, c` -> ("a", ("b", "c")), `import_module("a")` (the
+    registries) -> ("a", ()). Relative imports are left out: the project uses none."""
+    found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "import_module":  # the registries
-            found |= {a.value for a in node.args if isinstance(a, ast.Constant) and a.value in modules}
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "import_module":
+            found += [(a.value, ()) for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
         elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name in modules}
+            found += [(a.name, ()) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module in modules:
-                # `from trainers import relu` imports the submodule trainers.relu, not a name of trainers/__init__
-                subs = {f"{node.module}.{a.name}" for a in node.names} & modules
-                found |= subs or {node.module}
-                if len(subs) < len(node.names):
-                    found.add(node.module)
+            found.append((node.module, tuple(a.name for a in node.names)))
+    return found
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The project modules a file imports."""
+    found = set()
+    for module, names in import_statements(path):
+        if module in modules:
+            # `from trainers import relu` imports the submodule trainers.relu, not a name of trainers/__init__
+            subs = {f"{module}.{n}" for n in names} & modules
+            found |= subs
+            if len(subs) < len(names) or not names:
+                found.add(module)
     return found
 
 
@@ -111,13 +121,7 @@ def third_party_imports() -> list[str]:
     """The top-level names of every library the project's modules import (the standard library included)."""
     modules = project_modules()
     ours = {n.split(".")[0] for n in modules}
-    found = set()
-    for path in modules.values():
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                found |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add(node.module.split(".")[0])
+    found = {module.split(".")[0] for path in modules.values() for module, _ in import_statements(path)}
     return sorted(found - ours)
 
 
