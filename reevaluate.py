@@ -78,7 +78,7 @@ def resolve(argv: list[str]) -> tuple[Path, experiment.Config, dict, bool]:
                 args += ["--set", f"{name}.{field}={value}"]
             else:
                 print(f"[reevaluate] note: {source}'s {name}.{field} is no setting of today's code; left out")
-    args += [f"--{k}={v}" for k, v in flags if k != "notes"]
+    args += [f"--{k}={v}" for k, v in flags]  # --notes included: the section goes where it is asked to
     for item in user_sets:
         args += ["--set", item]
     return source, experiment.parse(args), info, in_place
