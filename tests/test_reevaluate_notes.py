@@ -22,4 +22,3 @@ def test_reevaluate_notes_flag_sets_where_the_section_goes(tmp_path):
     target = tmp_path / "elsewhere" / "notes.txt"
     _, cfg, _, in_place = reevaluate.resolve([str(run), "--evals=scr", f"--notes={target}"])
     assert in_place and Path(cfg.system.notes) == target
-
