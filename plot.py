@@ -868,6 +868,8 @@ def write_noise_table(runs, reevaluations, out: Path) -> Path | None:
             sources.setdefault(src, []).append(rv)
     if not sources:
         return None
+    # the SAE evaluated again most often first: the study's reference, which the paired differences are taken from
+    sources = dict(sorted(sources.items(), key=lambda item: -len(item[1])))
     fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
     series = frontier_series(runs)
     lines = []
@@ -904,9 +906,53 @@ def write_noise_table(runs, reevaluations, out: Path) -> Path | None:
             lines.append(f"| {name} | {fmt(at_seed0)} | {fmt(r_range)} | {fmt(t_range)} | {fmt(resolvable)} | "
                          f"{fmt(between)} | {verdict} |")
         lines.append("")
+    lines += paired_noise_lines(by_dir, sources, fmt)
     path = out / "noise_table.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def value_at_eval_seed(fixed: dict, rvs: list[dict], seed: int, ev: str, path) -> float | None:
+    """A metric of one SAE at one eval seed: seed 0 from its run, another from a reevaluation at that seed that
+    holds the eval (several reevaluations at one seed may each hold other evals)."""
+    if seed == 0:
+        return lookup(fixed.get(ev) or {}, path)
+    return next((v for r in rvs if eval_seed_of(r["info"]) == seed
+                 for v in [lookup(r["info"].get(ev) or {}, path)] if v is not None), None)
+
+
+def paired_noise_lines(by_dir: dict, sources: dict, fmt) -> list[str]:
+    """The SAE x eval-sample interaction: where two or more SAEs were evaluated again at the same eval seeds, the
+    difference between each and the first at every eval seed they share, and that difference's range over the eval
+    seeds. A comparison reads every SAE on one sample, so this range (not one SAE's reseed range, which moves both
+    together) is how far the sample moves a difference between two SAEs."""
+    srcs = list(sources)
+    if len(srcs) < 2:
+        return []
+    first = by_dir[srcs[0]]
+    lines = [f"## SAE x eval sample: differences from {first['name']} at each eval seed", "",
+             "Each row: another SAE minus the first, at every eval seed both were evaluated at (seed 0: the runs "
+             "themselves), and the range of that difference over the eval seeds, beside the first SAE's own reseed "
+             "range. A paired difference that moves less than one SAE's value is a sample effect both share.", "",
+             "| SAE minus " + first["name"] + " | metric | difference at eval seeds | range over eval seeds | "
+             f"{first['name']}'s reseed range |", "|---|---|---|---|---|"]
+    for src in srcs[1:]:
+        other = by_dir[src]
+        for name, ev, path in NOISE_METRICS:
+            seeds = sorted({0} | {eval_seed_of(r["info"]) for r in sources[src]} | {eval_seed_of(r["info"]) for r in sources[srcs[0]]})
+            diffs, own = [], []
+            for s in seeds:
+                a = value_at_eval_seed(first["info"], sources[srcs[0]], s, ev, path)
+                b = value_at_eval_seed(other["info"], sources[src], s, ev, path)
+                own += [a] if a is not None else []
+                if a is not None and b is not None:
+                    diffs.append((s, b - a))
+            if len(diffs) < 2:
+                continue
+            values = [d for _, d in diffs]
+            lines.append(f"| {other['name']} | {name} | " + ", ".join(f"{s}: {d:+.3g}" for s, d in diffs) +
+                         f" | {fmt(max(values) - min(values))} | {fmt(max(own) - min(own) if len(own) > 1 else None)} |")
+    return lines + [""]
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,8 @@ given; every other result is kept. The evals run into RUN.adding/ first; the run
 after all of them finished, final_info.json last and by an atomic rename.
 
 With --out_dir the run is not touched: OUT_DIR/reevaluation.json (each eval's summary, the source run,
-the resolved config) and each eval's own JSON, built in OUT_DIR.partial/ and renamed when complete.
+the resolved config) and each eval's own JSON, built in OUT_DIR.partial/ and renamed when complete; its
+section in notes.txt (--notes) names the source, the evals and their seeds.
 """
 
 from __future__ import annotations
@@ -128,9 +129,29 @@ def run(source: Path, cfg: experiment.Config) -> int:
         stage.rename(out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    for name, r in evals.items():
-        print(f"{name}: " + ("FAILED: " + r["error"] if r.get("status") == "error" else experiment.EVALS[name].headline(r)))
+    write_notes(cfg, f"## {source}: evaluated again into {out} ({', '.join(evals)}; {seeds_note(cfg)})", evals,
+                [f"{name} failed" for name in failed])
     return 1 if failed else 0
+
+
+def seeds_note(cfg: experiment.Config) -> str:
+    """Each selected eval's sample seed, so a section of notes.txt says which sample it read."""
+    seeds = {name: (e.get("seed", e.get("split_seed")) if isinstance(e, dict) else None)
+             for name, e in cfg.to_json()["evals"].items()}
+    return "eval seeds " + ", ".join(f"{name} {s}" for name, s in seeds.items() if s is not None)
+
+
+def write_notes(cfg: experiment.Config, title: str, evals: dict, failures: list[str]) -> None:
+    """Append a section to --notes (and print it): each eval's headline, and what makes it not a result."""
+    lines = [title + ("" if not failures else "  (FAILED)"), ""]
+    for name, r in evals.items():
+        lines.append(f"{name}: " + ("FAILED: " + r["error"] if r.get("status") == "error"
+                                    else experiment.EVALS[name].headline(r)))
+    if failures:
+        lines.append("NOT A RESULT: " + "; ".join(failures))
+    with open(cfg.system.notes, "a") as f:
+        f.write("\n".join(lines) + "\n\n")
+    print("\n".join(lines))
 
 
 def load_sae(cfg: experiment.Config, source: Path):
@@ -184,16 +205,7 @@ def add_to_run(source: Path, cfg: experiment.Config, info: dict, replace: bool) 
         os.replace(tmp, source / "final_info.json")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    lines = [f"## Run {source.name.removeprefix('run_')}: evals added ({', '.join(evals)})"
-             + ("" if not failures else "  (FAILED)"), ""]
-    for name, r in evals.items():
-        lines.append(f"{name}: " + ("FAILED: " + r["error"] if r.get("status") == "error"
-                                    else experiment.EVALS[name].headline(r)))
-    if failures:
-        lines.append("NOT A RESULT: " + "; ".join(failures))
-    with open(cfg.system.notes, "a") as f:
-        f.write("\n".join(lines) + "\n\n")
-    print("\n".join(lines))
+    write_notes(cfg, f"## Run {source.name.removeprefix('run_')}: evals added ({', '.join(evals)})", evals, failures)
     return 1 if failures else 0
 
 

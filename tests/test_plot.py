@@ -264,6 +264,36 @@ def test_noise_table_gives_reseed_and_training_seed_ranges_and_separates_variant
     assert "sparse probing" not in table  # a metric nobody measured is left out
 
 
+
+def test_noise_table_gives_the_paired_difference_of_two_reseeded_saes_at_each_eval_seed(tmp_path):
+    import plot
+
+    def core(ce):
+        return {"eval_result_metrics": {"model_performance_preservation": {"ce_loss_score": ce}}}
+
+    runs = []
+    for name, seed, ce in (("relu_a", 0, 0.80), ("relu_b", 1, 0.83)):
+        r = frontier_run("relu", seed, 0.5, 40, ce)
+        r["name"], r["dir"] = name, str(tmp_path / name)
+        r["info"]["core"] = core(ce)
+        runs.append(r)
+
+    def reeval(src, s, ce, evals="core"):
+        return {"name": f"{src}_{s}_{evals}", "info": {"source_run": str(tmp_path / src), evals: core(ce) if evals == "core" else {},
+                                                       "config": {"evals": {evals: {"seed": s}}}}}
+
+    # relu_a at eval seeds 0, 1, 2: 0.80, 0.90, 0.70 (reseed range 0.2); relu_b: 0.83, 0.92, 0.74. Differences
+    # b - a: +0.03, +0.02, +0.04, range 0.02: the sample moves both together. relu_a has one more reevaluation
+    # (another eval at seed 1), so it is the reference even though it is listed last.
+    reevals = [reeval("relu_b", 1, 0.92), reeval("relu_b", 2, 0.74),
+               reeval("relu_a", 1, 0.90), reeval("relu_a", 2, 0.70), reeval("relu_a", 1, None, "scr")]
+    table = plot.write_noise_table(runs, reevals, tmp_path).read_text()
+    assert "## SAE x eval sample: differences from relu_a at each eval seed" in table
+    assert table.index("## relu_a") < table.index("## relu_b")
+    row = next(line for line in table.splitlines() if line.startswith("| relu_b | CE-loss score |"))
+    assert row == "| relu_b | CE-loss score | 0: +0.03, 1: +0.02, 2: +0.04 | 0.02 | 0.2 |"
+    assert "| relu_b | explained variance |" not in table  # not measured at two eval seeds: no row
+
 def test_bar_labels_are_plain_numbers_and_a_panel_with_nothing_measured_shows_no_scale():
     import plot
 
