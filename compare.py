@@ -99,15 +99,20 @@ def noise_commands(opts: dict, sources: list[Path]) -> list[tuple[str, list[str]
     todo = []
     for run in sources:
         held = json.loads((run / "final_info.json").read_text())
-        missing = [e for e in evals if not isinstance(held.get(e), dict)]
+        failed = [e for e in evals if isinstance(held.get(e), dict) and held[e].get("status") == "error"]
+        missing = [e for e in evals if not isinstance(held.get(e), dict) or e in failed]  # a failed eval is run again
         if missing:
             todo.append((f"{run.name}: add {','.join(missing)}", [str(run), f"--evals={','.join(missing)}",
-                                                                  f"--notes={Path(opts['out']) / 'notes.txt'}"]))
+                                                                  f"--notes={Path(opts['out']) / 'notes.txt'}",
+                                                                  *(["--replace"] if failed else [])]))
     for s in opts["eval_seeds"].split(",") if sources else ():
         target = Path(opts["out"]) / f"noise_evalseed_{s}"
-        if not (target / "reevaluation.json").is_file():
+        done = target / "reevaluation.json"
+        status = json.loads(done.read_text()).get("status") if done.is_file() else None
+        if status != "ok":  # absent, or written by a reevaluation with a failed eval: run again
             sets = [a for e in evals for a in ("--set", f"{e}.{RESEED.get(e, 'seed')}={s}")]
-            todo.append((f"{sources[0].name} at eval seed {s}", [str(sources[0]), f"--out_dir={target}", f"--evals={','.join(evals)}", *sets]))
+            todo.append((f"{sources[0].name} at eval seed {s}", [str(sources[0]), f"--out_dir={target}", f"--evals={','.join(evals)}",
+                                                                 *sets, *(["--overwrite"] if status else [])]))
     return todo
 
 

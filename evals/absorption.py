@@ -26,6 +26,7 @@ import contextlib
 import functools
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,6 +44,17 @@ class Settings:
     words_per_letter: int = 150  # sampled vocabulary on the embedded default (at full scale: the whole vocabulary)
     batch_size: int = 32  # prompts per LM forward pass
     seed: int = 0  # eval reseed: another vocabulary sample, and every generator SAEBench draws from at 42 + seed
+
+
+def working_dirs(ctx: EvalContext, probes_dir) -> tuple:
+    """The run's absorption artifacts folder (made), its results folder (made) and the probes cache, all
+    absolute: SAEBench is run inside the artifacts folder (it writes there relative to the working
+    directory), and a path relative to the caller's folder (run_0.partial/..., RUN.adding/...) would
+    no longer point where it should once inside it."""
+    artifacts_dir = (ctx.out_dir / "artifacts" / "absorption").resolve()
+    results_dir = artifacts_dir / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    return artifacts_dir, results_dir, Path(probes_dir).resolve()
 
 
 def sample_vocabulary(tokenizer, words_per_letter: int, seed: int) -> list[str]:
@@ -94,16 +106,14 @@ def run(ctx: EvalContext, settings: Settings) -> dict:
 
     model, model_name, device, seed = ctx.model, ctx.model_name, ctx.device, SEED + settings.seed
     words_per_letter = settings.words_per_letter if ctx.embedded else 0
-    artifacts_dir = ctx.out_dir / "artifacts" / "absorption"
     sae_id, sae = formatted_sae(ctx.sae, device)
     layer = sae.cfg.hook_layer
     if sae.cfg.hook_name != f"blocks.{layer}.hook_resid_post":
         return {"status": "not_applicable", "reason": "SAEBench absorption reads hook_resid_post only"}
     vocab = sample_vocabulary(model.tokenizer, words_per_letter, seed)
-    probes_dir = ctx.cache_path("absorption-probe", sae.cfg.hook_name, TEMPLATE_PROBE, vocab, *([seed] if seed != SEED else []))
-    artifacts_dir.mkdir(parents=True, exist_ok=True)
-    results_dir = artifacts_dir / "results"
-    results_dir.mkdir(exist_ok=True)
+    artifacts_dir, results_dir, probes_dir = working_dirs(
+        ctx, ctx.cache_path("absorption-probe", sae.cfg.hook_name, TEMPLATE_PROBE, vocab,
+                            *([seed] if seed != SEED else [])))
     config = AbsorptionEvalConfig(model_name=model_name, random_seed=seed, llm_batch_size=settings.batch_size,
                                   llm_dtype=ctx.llm_dtype, k_sparse_probe_batch_size=128,
                                   precalc_k_sparse_probe_sae_acts=True)

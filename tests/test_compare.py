@@ -72,7 +72,11 @@ def test_noise_adds_the_missing_evals_to_each_baseline_seed_and_reevaluates_the_
         info = {"status": "ok", "variant": "relu", "core": {}, "config": {"variant": {knob: value}, "training": {"seed": seed}}}
         if i == 4:  # already holds sparse probing: only the other evals are added to it
             info["sparse_probing"] = {}
+        if i == 5:  # its sparse probing failed: run again, replacing the failure
+            info["sparse_probing"] = {"status": "error", "error": "FileNotFoundError"}
         (tmp_path / f"relu_{i}" / "final_info.json").write_text(json.dumps(info))
+    (tmp_path / "noise_evalseed_2").mkdir()  # a reevaluation whose eval failed: done again, over it
+    (tmp_path / "noise_evalseed_2" / "reevaluation.json").write_text(json.dumps({"status": "failed"}))
     proc = compare("--noise", "--dry_run", f"--out={tmp_path}", "--dose_at=1", "--noise_evals=core,sparse_probing,unlearning",
                    "--eval_seeds=1,2")
     assert proc.returncode == 0, proc.stderr
@@ -81,9 +85,9 @@ def test_noise_adds_the_missing_evals_to_each_baseline_seed_and_reevaluates_the_
     notes = f"--notes={tmp_path / 'notes.txt'}"  # the additions' notes go beside the comparison's
     assert lines[:3] == [f"$ python reevaluate.py {tmp_path / at[0]} --evals=sparse_probing,unlearning {notes}",
                          f"$ python reevaluate.py {tmp_path / at[1]} --evals=unlearning {notes}",
-                         f"$ python reevaluate.py {tmp_path / at[2]} --evals=sparse_probing,unlearning {notes}"]
+                         f"$ python reevaluate.py {tmp_path / at[2]} --evals=sparse_probing,unlearning {notes} --replace"]
     for s, line in zip((1, 2), lines[3:]):
         assert line == (f"$ python reevaluate.py {tmp_path / at[0]} --out_dir={tmp_path / f'noise_evalseed_{s}'} "
                         f"--evals=core,sparse_probing,unlearning --set core.seed={s} --set sparse_probing.seed={s} "
-                        f"--set unlearning.split_seed={s}")
+                        f"--set unlearning.split_seed={s}" + (" --overwrite" if s == 2 else ""))
     assert len(lines) == 5
