@@ -555,6 +555,10 @@ BASELINE = "relu"
 FRONTIER_METRICS = [("CE-loss score", ("summary", "ce_loss_score")), ("explained variance", ("summary", "explained_variance")),
                     ("KL score", ("summary", "kl_div_score"))]
 MATCHED_L0 = (20, 40, 80)
+# in the matched-L0 table for every variant whose runs hold them (sparse probing is added to a comparison's
+# runs afterwards, reevaluate.py): k-sparse probing is the metric the 2026 SAEBench audit found most reliable
+MATCHED_EXTRA = [("sparse probing top-1", ("sparse_probing", "sae_top_k_test_accuracy", "1")),
+                 ("sparse probing top-5", ("sparse_probing", "sae_top_k_test_accuracy", "5"))]
 
 
 def lookup(info: dict, path) -> float | None:
@@ -635,11 +639,12 @@ def write_matched_table(runs, out: Path) -> Path | None:
                   "(mean over its seeds), the baseline's, the difference, and whether it exceeds the seed spread "
                   "(the larger of the baseline's and the variant's max - min over seeds): **yes** is a finding, "
                   "no is no measurable difference at this budget; - where an L0 lies outside a frontier's range.", ""]
-        metrics = FRONTIER_METRICS + [m for label, s in others for m in target_metrics(s["variant"]) if m not in FRONTIER_METRICS]
+        common = FRONTIER_METRICS + MATCHED_EXTRA
+        metrics = common + [m for label, s in others for m in target_metrics(s["variant"]) if m not in common]
         for name, path in dict.fromkeys(metrics):
             rows = []
             for label, s in others:
-                if (name, path) not in FRONTIER_METRICS and (name, path) not in target_metrics(s["variant"]):
+                if (name, path) not in common and (name, path) not in target_metrics(s["variant"]):
                     continue
                 cells = []
                 for l0 in MATCHED_L0:
@@ -652,7 +657,8 @@ def write_matched_table(runs, out: Path) -> Path | None:
                     verdict = ("no seed spread" if b_spread is None and v_spread is None
                                else ("**yes**" if abs(v - b) > spread else "no"))
                     cells.append(f"{v:.4g} vs {b:.4g}: {v - b:+.3g} (spread {spread:.2g}) {verdict}")
-                rows.append(f"| {label} | " + " | ".join(cells) + " |")
+                if any(c != "-" for c in cells):  # a metric only some runs hold: rows where it is matched somewhere
+                    rows.append(f"| {label} | " + " | ".join(cells) + " |")
             if rows:
                 lines += [f"### {name}", "", "| variant | " + " | ".join(f"L0 {l0}" for l0 in MATCHED_L0) + " |",
                           "|---|" + "---|" * len(MATCHED_L0), *rows, ""]
@@ -855,73 +861,105 @@ def eval_seed_of(reevaluation: dict) -> int:
     return max(seeds) if seeds else 0
 
 
+RESEED_FIELDS = ("seed", "split_seed")  # an eval's sample; every other setting changes what is measured
+
+
+def settings_changed(reevaluation: dict, source: dict) -> str:
+    """The eval settings a reevaluation changed from its source run's own, other than the eval seed ("" if none).
+    A reevaluation at other settings (fewer core batches, ...) is another study: never pooled with the default's."""
+    held = source.get("config", {}).get("evals", {})
+    changed = []
+    for ev, settings in sorted(reevaluation.get("config", {}).get("evals", {}).items()):
+        base = held.get(ev) if isinstance(held.get(ev), dict) else {}
+        changed += [f"{ev}.{k}={v}" for k, v in sorted(settings.items())
+                    if k not in RESEED_FIELDS and k in base and base[k] != v]
+    return ", ".join(changed)
+
+
 def write_noise_table(runs, reevaluations, out: Path) -> Path | None:
     """noise_table.md: for the SAE the reevaluations re-ran (eval seed changed, SAE fixed) and the other training
     seeds of its setting (SAE seed changed, eval seed 0), per metric: the reseed range, the training-seed range,
     the smallest difference it resolves (the larger of the two), and the range between the variants' frontiers
-    at that SAE's L0; "separates variants" only where that range exceeds the smallest resolvable difference."""
+    at that SAE's L0; "separates variants" only where that range exceeds the smallest resolvable difference.
+    Reevaluations at other eval settings than the runs' (settings_changed) form studies of their own: their
+    eval seed 0 is a reevaluation too, their training-seed range is over the SAEs evaluated at those settings,
+    and the frontiers (made at the runs' settings) are not compared with them."""
     by_dir = {str(Path(r["dir"]).resolve()): r for r in runs if "dir" in r}
-    sources: dict[str, list] = {}
+    studies: dict[str, dict[str, list]] = {}  # changed settings ("" for the runs' own) -> source -> reevaluations
     for rv in reevaluations:
         src = str(Path(rv["info"].get("source_run", "")).resolve())
         if src in by_dir:
-            sources.setdefault(src, []).append(rv)
-    if not sources:
+            studies.setdefault(settings_changed(rv["info"], by_dir[src]["info"]), {}).setdefault(src, []).append(rv)
+    if not studies:
         return None
-    # the SAE evaluated again most often first: the study's reference, which the paired differences are taken from
-    sources = dict(sorted(sources.items(), key=lambda item: -len(item[1])))
     fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
     series = frontier_series(runs)
     lines = []
-    for src, rvs in sources.items():
-        fixed = by_dir[src]
-        group = seed_group(fixed["info"])
-        seeds = [r for r in runs if seed_group(r["info"]) == group and r["info"].get("status") == "ok"]
-        l0 = lookup(fixed["info"], ("summary", "l0"))
-        key = comparison_key(fixed["info"])
-        lines += [f"## {fixed['name']} ({fixed['info']['variant']}, {changed_settings(fixed['info'])}, L0 {fmt(l0)})", "",
-                  f"Reseed: the same SAE at eval seeds {', '.join(str(s) for s in sorted({0} | {eval_seed_of(r['info']) for r in rvs}))}. "
-                  f"Training seeds: {len(seeds)} SAEs of this setting ({', '.join(r['name'] for r in seeds)}), eval seed 0. "
-                  "Ranges are max - min. Resolvable: the larger of the two ranges, the least difference between two SAEs "
-                  "that is more than noise. Between variants: the range of the variants' frontier values (mean over seeds) "
-                  f"at L0 {fmt(l0)}, where the variants have that metric.", "",
-                  "| metric | value | reseed range | training-seed range | resolvable | between variants | separates variants |",
-                  "|---|---|---|---|---|---|---|"]
-        for name, ev, path in NOISE_METRICS:
-            at_seed0 = lookup(fixed["info"].get(ev, {}), path)
-            reseed = [v for v in [at_seed0] + [lookup(r["info"].get(ev, {}), path) for r in rvs] if v is not None]
-            trained = [v for v in (lookup(r["info"].get(ev, {}), path) for r in seeds) if v is not None]
-            if at_seed0 is None and not trained:
-                continue
-            r_range = max(reseed) - min(reseed) if len(reseed) > 1 else None
-            t_range = max(trained) - min(trained) if len(trained) > 1 else None
-            resolvable = max((x for x in (r_range, t_range) if x is not None), default=None)
-            fpath = FRONTIER_PATH.get(name, (ev, *path))  # where the frontier's runs hold it in final_info.json
-            between = None
-            if l0 is not None and name != "L0":  # L0 is what the variants are matched at
-                vals = [v for (k, _), s in series.items() if k == key for v in [matched(s, l0, fpath)[0]] if v is not None]
-                between = max(vals) - min(vals) if len(vals) > 1 else None
-            verdict = ("n/a" if between is None or resolvable is None
-                       else ("**yes**" if between > resolvable else "no"))
-            lines.append(f"| {name} | {fmt(at_seed0)} | {fmt(r_range)} | {fmt(t_range)} | {fmt(resolvable)} | "
-                         f"{fmt(between)} | {verdict} |")
-        lines.append("")
-    lines += paired_noise_lines(by_dir, sources, fmt)
+    for changed in sorted(studies):
+        # the SAE evaluated again most often first: the study's reference, which the paired differences are taken from
+        sources = dict(sorted(studies[changed].items(), key=lambda item: -len(item[1])))
+        for src, rvs in sources.items():
+            lines += noise_section(by_dir[src], rvs, changed, runs, sources, by_dir, series, fmt)
+        lines += paired_noise_lines(by_dir, sources, fmt, changed)
     path = out / "noise_table.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def value_at_eval_seed(fixed: dict, rvs: list[dict], seed: int, ev: str, path) -> float | None:
-    """A metric of one SAE at one eval seed: seed 0 from its run, another from a reevaluation at that seed that
-    holds the eval (several reevaluations at one seed may each hold other evals)."""
-    if seed == 0:
+def noise_section(fixed: dict, rvs: list[dict], changed: str, runs, sources: dict, by_dir: dict, series, fmt) -> list[str]:
+    """One SAE's rows of noise_table.md (see write_noise_table)."""
+    group = seed_group(fixed["info"])
+    if changed:  # the training seeds evaluated at these settings: the sources of this study of the same setting
+        seeds = [by_dir[s] for s in sources if seed_group(by_dir[s]["info"]) == group]
+    else:
+        seeds = [r for r in runs if seed_group(r["info"]) == group and r["info"].get("status") == "ok"]
+    at = lambda info, r, s, ev, path: value_at_eval_seed(info, r, s, ev, path, from_run=not changed)  # noqa: E731
+    eval_seeds = sorted(({0} if not changed else set()) | {eval_seed_of(r["info"]) for r in rvs})
+    l0 = lookup(fixed["info"], ("summary", "l0"))
+    key = comparison_key(fixed["info"])
+    lines = [f"## {fixed['name']} ({fixed['info']['variant']}, {changed_settings(fixed['info'])}, L0 {fmt(l0)})"
+             + (f": evals at {changed}" if changed else ""), "",
+             f"Reseed: the same SAE at eval seeds {', '.join(str(s) for s in eval_seeds)}. "
+             f"Training seeds: {len(seeds)} SAEs of this setting ({', '.join(r['name'] for r in seeds)}), eval seed 0"
+             + (f", evaluated at {changed}" if changed else "") + ". Ranges are max - min. Resolvable: the larger of "
+             "the two ranges, the least difference between two SAEs that is more than noise. Between variants: the "
+             f"range of the variants' frontier values (mean over seeds) at L0 {fmt(l0)}, where the variants have that "
+             "metric" + (" (not compared: the frontiers were evaluated at the runs' own settings)" if changed else "") + ".", "",
+             "| metric | value | reseed range | training-seed range | resolvable | between variants | separates variants |",
+             "|---|---|---|---|---|---|---|"]
+    for name, ev, path in NOISE_METRICS:
+        at_seed0 = at(fixed["info"], rvs, 0, ev, path)
+        reseed = [v for v in (at(fixed["info"], rvs, s, ev, path) for s in eval_seeds) if v is not None]
+        trained = [v for v in (at(r["info"], sources.get(str(Path(r["dir"]).resolve()), []), 0, ev, path)
+                               for r in seeds) if v is not None]
+        if at_seed0 is None and not trained:
+            continue
+        r_range = max(reseed) - min(reseed) if len(reseed) > 1 else None
+        t_range = max(trained) - min(trained) if len(trained) > 1 else None
+        resolvable = max((x for x in (r_range, t_range) if x is not None), default=None)
+        fpath = FRONTIER_PATH.get(name, (ev, *path))  # where the frontier's runs hold it in final_info.json
+        between = None
+        if l0 is not None and name != "L0" and not changed:  # L0 is what the variants are matched at
+            vals = [v for (k, _), s in series.items() if k == key for v in [matched(s, l0, fpath)[0]] if v is not None]
+            between = max(vals) - min(vals) if len(vals) > 1 else None
+        verdict = ("n/a" if between is None or resolvable is None
+                   else ("**yes**" if between > resolvable else "no"))
+        lines.append(f"| {name} | {fmt(at_seed0)} | {fmt(r_range)} | {fmt(t_range)} | {fmt(resolvable)} | "
+                     f"{fmt(between)} | {verdict} |")
+    return lines + [""]
+
+
+def value_at_eval_seed(fixed: dict, rvs: list[dict], seed: int, ev: str, path, from_run: bool = True) -> float | None:
+    """A metric of one SAE at one eval seed: seed 0 from its run (from_run; else from a reevaluation at seed 0, as
+    for a study at other eval settings), another from a reevaluation at that seed that holds the eval (several
+    reevaluations at one seed may each hold other evals)."""
+    if seed == 0 and from_run:
         return lookup(fixed.get(ev) or {}, path)
     return next((v for r in rvs if eval_seed_of(r["info"]) == seed
                  for v in [lookup(r["info"].get(ev) or {}, path)] if v is not None), None)
 
 
-def paired_noise_lines(by_dir: dict, sources: dict, fmt) -> list[str]:
+def paired_noise_lines(by_dir: dict, sources: dict, fmt, changed: str = "") -> list[str]:
     """The SAE x eval-sample interaction: where two or more SAEs were evaluated again at the same eval seeds, the
     difference between each and the first at every eval seed they share, and that difference's range over the eval
     seeds. A comparison reads every SAE on one sample, so this range (not one SAE's reseed range, which moves both
@@ -930,20 +968,23 @@ def paired_noise_lines(by_dir: dict, sources: dict, fmt) -> list[str]:
     if len(srcs) < 2:
         return []
     first = by_dir[srcs[0]]
-    lines = [f"## SAE x eval sample: differences from {first['name']} at each eval seed", "",
-             "Each row: another SAE minus the first, at every eval seed both were evaluated at (seed 0: the runs "
-             "themselves), and the range of that difference over the eval seeds, beside the first SAE's own reseed "
-             "range. A paired difference that moves less than one SAE's value is a sample effect both share.", "",
+    lines = [f"## SAE x eval sample: differences from {first['name']} at each eval seed"
+             + (f", evals at {changed}" if changed else ""), "",
+             "Each row: another SAE minus the first, at every eval seed both were evaluated at"
+             + (" (seed 0: the runs themselves)" if not changed else "") + ", and the range of that difference over "
+             "the eval seeds, beside the first SAE's own reseed range. A paired difference that moves less than one "
+             "SAE's value is a sample effect both share.", "",
              "| SAE minus " + first["name"] + " | metric | difference at eval seeds | range over eval seeds | "
              f"{first['name']}'s reseed range |", "|---|---|---|---|---|"]
     for src in srcs[1:]:
         other = by_dir[src]
         for name, ev, path in NOISE_METRICS:
-            seeds = sorted({0} | {eval_seed_of(r["info"]) for r in sources[src]} | {eval_seed_of(r["info"]) for r in sources[srcs[0]]})
+            seeds = sorted(({0} if not changed else set()) | {eval_seed_of(r["info"]) for r in sources[src]}
+                           | {eval_seed_of(r["info"]) for r in sources[srcs[0]]})
             diffs, own = [], []
             for s in seeds:
-                a = value_at_eval_seed(first["info"], sources[srcs[0]], s, ev, path)
-                b = value_at_eval_seed(other["info"], sources[src], s, ev, path)
+                a = value_at_eval_seed(first["info"], sources[srcs[0]], s, ev, path, from_run=not changed)
+                b = value_at_eval_seed(other["info"], sources[src], s, ev, path, from_run=not changed)
                 own += [a] if a is not None else []
                 if a is not None and b is not None:
                     diffs.append((s, b - a))

@@ -151,6 +151,11 @@ def test_matched_l0_table_interpolates_in_log_l0_and_calls_a_finding_only_beyond
     # contrastive: its CE equals the baseline's to within the spread; its silhouette (its target) is higher
     runs += [frontier_run("contrastive", 0, l1, l0, ce + 0.005, silhouette=0.3)
              for l1, l0, ce in ((2.0, 10, 0.75), (1.0, 20, 0.80), (0.5, 40, 0.85), (0.25, 80, 0.90))]
+    # sparse probing, added afterwards to some runs only: the baseline's and contrastive's two sparsest
+    for r in runs:
+        if r["label"] in ("relu", "contrastive") and r["info"]["summary"]["l0"] <= 20:
+            top1 = 0.6 + (0.1 if r["info"]["summary"]["l0"] == 20 else 0) + (0.05 if r["label"] == "contrastive" else 0)
+            r["info"]["sparse_probing"] = {"sae_top_k_test_accuracy": {"1": top1 + 0.001 * r["info"]["config"]["training"]["seed"]}}
     series = plot.frontier_series(runs)
     assert sorted(label for _, label in series) == ["contrastive", "relu", "topk"]
     base = next(s for (_, label), s in series.items() if label == "relu")
@@ -163,6 +168,9 @@ def test_matched_l0_table_interpolates_in_log_l0_and_calls_a_finding_only_beyond
     ce = table[table.index("### CE-loss score"):table.index("### explained variance")]
     assert "| topk | 0.85 vs 0.8: +0.05 (spread 0.02) **yes** | 0.9 vs 0.85: +0.05 (spread 0.02) **yes** | - |" in ce
     assert "| contrastive | 0.805 vs 0.8: +0.005 (spread 0.02) no |" in ce
+    probing = table[table.index("### sparse probing top-1"):table.index("### silhouette")]
+    assert "| contrastive | 0.75 vs 0.701: +0.049 (spread 0.002) **yes** | - | - |" in probing
+    assert "topk" not in probing and "### sparse probing top-5" not in table  # no run holds it: no section
     sil = table[table.index("### silhouette"):]
     assert "| contrastive | 0.3 vs 0.1: +0.2 (spread 0) **yes**" in sil and "topk" not in sil  # only its target
     # the figure: one panel per frontier metric and target, drawn, with the baseline's spread shaded
@@ -265,18 +273,28 @@ def test_noise_table_gives_reseed_and_training_seed_ranges_and_separates_variant
 
 
 
-def test_noise_table_gives_the_paired_difference_of_two_reseeded_saes_at_each_eval_seed(tmp_path):
-    import plot
+def ce_core(ce):
+    return {"eval_result_metrics": {"model_performance_preservation": {"ce_loss_score": ce}}}
 
-    def core(ce):
-        return {"eval_result_metrics": {"model_performance_preservation": {"ce_loss_score": ce}}}
 
+def two_relu_seeds(tmp_path, evals_config=None):
+    """relu_a (seed 0, CE 0.80) and relu_b (seed 1, CE 0.83) at one setting, written in tmp_path."""
     runs = []
     for name, seed, ce in (("relu_a", 0, 0.80), ("relu_b", 1, 0.83)):
         r = frontier_run("relu", seed, 0.5, 40, ce)
         r["name"], r["dir"] = name, str(tmp_path / name)
-        r["info"]["core"] = core(ce)
+        r["info"]["core"] = ce_core(ce)
+        if evals_config:
+            r["info"]["config"]["evals"] = evals_config
         runs.append(r)
+    return runs
+
+
+def test_noise_table_gives_the_paired_difference_of_two_reseeded_saes_at_each_eval_seed(tmp_path):
+    import plot
+
+    core = ce_core
+    runs = two_relu_seeds(tmp_path)
 
     def reeval(src, s, ce, evals="core"):
         return {"name": f"{src}_{s}_{evals}", "info": {"source_run": str(tmp_path / src), evals: core(ce) if evals == "core" else {},
@@ -293,6 +311,32 @@ def test_noise_table_gives_the_paired_difference_of_two_reseeded_saes_at_each_ev
     row = next(line for line in table.splitlines() if line.startswith("| relu_b | CE-loss score |"))
     assert row == "| relu_b | CE-loss score | 0: +0.03, 1: +0.02, 2: +0.04 | 0.02 | 0.2 |"
     assert "| relu_b | explained variance |" not in table  # not measured at two eval seeds: no row
+
+
+def test_reevaluations_at_other_eval_settings_are_a_study_of_their_own_never_pooled_with_the_runs(tmp_path):
+    import plot
+
+    runs = two_relu_seeds(tmp_path, {"core": {"reconstruction_batches": 8, "seed": 0}})
+
+    def reeval(src, s, ce, batches):
+        return {"name": f"{src}_{s}_{batches}", "info": {"source_run": str(tmp_path / src), "core": ce_core(ce),
+                                                          "config": {"evals": {"core": {"reconstruction_batches": batches, "seed": s}}}}}
+
+    # at the runs' 8 batches: relu_a 0.80, 0.90 (eval seeds 0, 1). At 2 batches, eval seeds 0, 1, 2: relu_a 0.60,
+    # 0.95, 0.75 (range 0.35), relu_b 0.66, 0.97, 0.80: differences +0.06, +0.02, +0.05 (range 0.04); training
+    # seeds at 2 batches, eval seed 0: 0.60 and 0.66 (range 0.06)
+    reevals = [reeval("relu_a", 1, 0.90, 8)] + [reeval(src, s, ce, 2) for src, vals in
+                                                 (("relu_a", (0.60, 0.95, 0.75)), ("relu_b", (0.66, 0.97, 0.80)))
+                                                 for s, ce in enumerate(vals)]
+    assert plot.settings_changed(reevals[1]["info"], runs[0]["info"]) == "core.reconstruction_batches=2"
+    assert plot.settings_changed(reevals[0]["info"], runs[0]["info"]) == ""  # the eval seed alone: the same study
+    table = plot.write_noise_table(runs, reevals, tmp_path).read_text()
+    default = table[:table.index("evals at core.reconstruction_batches=2")]
+    assert "| CE-loss score | 0.8 | 0.1 | 0.03 | 0.1 |" in default  # 0.80 and 0.90 only: the 2-batch values kept out
+    other = table[table.index("## relu_a (relu, l1_coefficient=0.5, L0 40): evals at core.reconstruction_batches=2"):]
+    assert "| CE-loss score | 0.6 | 0.35 | 0.06 | 0.35 | n/a | n/a |" in other  # its seed 0 is its own reevaluation
+    assert "differences from relu_a at each eval seed, evals at core.reconstruction_batches=2" in other
+    assert "| relu_b | CE-loss score | 0: +0.06, 1: +0.02, 2: +0.05 | 0.04 | 0.35 |" in other
 
 def test_bar_labels_are_plain_numbers_and_a_panel_with_nothing_measured_shows_no_scale():
     import plot
