@@ -623,10 +623,14 @@ def target_metrics(variant: str) -> list[tuple[str, tuple]]:
     return list(getattr(VARIANTS.get(variant), "TARGET_METRICS", ()))
 
 
-def write_matched_table(runs, out: Path) -> Path | None:
+def write_matched_table(runs, out: Path, sample: dict[str, float] | None = None) -> Path | None:
     """frontier_table.md: for every variant and metric, its value at fixed L0s (interpolated along its frontier),
     the baseline's, the difference, and whether the difference exceeds the seed spread (max - min over seeds of
-    the baseline, and of the variant where it has several): only then is it a finding."""
+    the baseline, and of the variant where it has several) and, where the eval-noise study measured it (`sample`,
+    sample_noise: how far the eval sample alone moves a difference between two SAEs), that too: only then is it
+    a finding. Three seeds' range can fall short of a metric's sample noise where that noise is each SAE's own
+    (which latents a probe picks): the study's figure keeps such a metric from being called on too little."""
+    sample = sample or {}
     all_series = frontier_series(runs)
     keys = {key for key, label in all_series if label == BASELINE}
     lines = []
@@ -637,8 +641,10 @@ def write_matched_table(runs, out: Path) -> Path | None:
         lines += [f"## {setup[1].get('n_tokens', 0):,} training tokens, {setup[0].get('model')} {setup[0].get('hook')}",
                   f"Baseline: {BASELINE}, {len(base['seeds'])} seed(s). Each cell: the variant's value at that L0 "
                   "(mean over its seeds), the baseline's, the difference, and whether it exceeds the seed spread "
-                  "(the larger of the baseline's and the variant's max - min over seeds): **yes** is a finding, "
-                  "no is no measurable difference at this budget; - where an L0 lies outside a frontier's range.", ""]
+                  "(the larger of the baseline's and the variant's max - min over seeds) and, where the eval-noise "
+                  "study measured it (noise_table.md), the eval sample's (how far the sample alone moves a "
+                  "difference between two SAEs): **yes** is a finding, no is no measurable difference at this "
+                  "budget; - where an L0 lies outside a frontier's range.", ""]
         common = FRONTIER_METRICS + MATCHED_EXTRA
         metrics = common + [m for label, s in others for m in target_metrics(s["variant"]) if m not in common]
         for name, path in dict.fromkeys(metrics):
@@ -654,9 +660,11 @@ def write_matched_table(runs, out: Path) -> Path | None:
                         cells.append("-")
                         continue
                     spread = max(x for x in (b_spread, v_spread, 0.0) if x is not None)
+                    noise = max(spread, sample.get(name, 0.0))
                     verdict = ("no seed spread" if b_spread is None and v_spread is None
-                               else ("**yes**" if abs(v - b) > spread else "no"))
-                    cells.append(f"{v:.4g} vs {b:.4g}: {v - b:+.3g} (spread {spread:.2g}) {verdict}")
+                               else ("**yes**" if abs(v - b) > noise else "no"))
+                    of = f"spread {spread:.2g}" + (f", eval sample {sample[name]:.2g}" if name in sample else "")
+                    cells.append(f"{v:.4g} vs {b:.4g}: {v - b:+.3g} ({of}) {verdict}")
                 if any(c != "-" for c in cells):  # a metric only some runs hold: rows where it is matched somewhere
                     rows.append(f"| {label} | " + " | ".join(cells) + " |")
             if rows:
@@ -876,6 +884,41 @@ def settings_changed(reevaluation: dict, source: dict) -> str:
     return ", ".join(changed)
 
 
+def noise_studies(runs, reevaluations) -> tuple[dict, dict[str, dict[str, list]]]:
+    """(run by resolved folder, {changed settings ("" for the runs' own, first): {source run folder: its
+    reevaluations}}), each study's sources ordered by their number of reevaluations, most first: the reference
+    the paired differences are taken from."""
+    by_dir = {str(Path(r["dir"]).resolve()): r for r in runs if "dir" in r}
+    studies: dict[str, dict[str, list]] = {}
+    for rv in reevaluations:
+        src = str(Path(rv["info"].get("source_run", "")).resolve())
+        if src in by_dir:
+            studies.setdefault(settings_changed(rv["info"], by_dir[src]["info"]), {}).setdefault(src, []).append(rv)
+    return by_dir, {c: dict(sorted(studies[c].items(), key=lambda item: -len(item[1]))) for c in sorted(studies)}
+
+
+def sample_noise(runs, reevaluations) -> dict[str, float]:
+    """Per metric, how far the eval sample alone moves a difference between two SAEs read on one sample: the
+    largest range over eval seeds of a paired difference (the runs' own settings), or, where no pair was
+    reevaluated, one SAE's reseed range (an upper bound: the sample can move both SAEs together)."""
+    by_dir, studies = noise_studies(runs, reevaluations)
+    sources = studies.get("", {})
+    if not sources:
+        return {}
+    out: dict[str, float] = {}
+    first = next(iter(sources))
+    for name, ev, path in NOISE_METRICS:
+        pairs = [max(d) - min(d) for _, metric, diffs in paired_differences(by_dir, sources) if metric == name
+                 for d in [[x for _, x in diffs]]]
+        own = [v for s in sorted({0} | {eval_seed_of(r["info"]) for r in sources[first]})
+               for v in [value_at_eval_seed(by_dir[first]["info"], sources[first], s, ev, path)] if v is not None]
+        if pairs:
+            out[name] = max(pairs)
+        elif len(own) > 1:
+            out[name] = max(own) - min(own)
+    return out
+
+
 def write_noise_table(runs, reevaluations, out: Path) -> Path | None:
     """noise_table.md: for the SAE the reevaluations re-ran (eval seed changed, SAE fixed) and the other training
     seeds of its setting (SAE seed changed, eval seed 0), per metric: the reseed range, the training-seed range,
@@ -884,20 +927,13 @@ def write_noise_table(runs, reevaluations, out: Path) -> Path | None:
     Reevaluations at other eval settings than the runs' (settings_changed) form studies of their own: their
     eval seed 0 is a reevaluation too, their training-seed range is over the SAEs evaluated at those settings,
     and the frontiers (made at the runs' settings) are not compared with them."""
-    by_dir = {str(Path(r["dir"]).resolve()): r for r in runs if "dir" in r}
-    studies: dict[str, dict[str, list]] = {}  # changed settings ("" for the runs' own) -> source -> reevaluations
-    for rv in reevaluations:
-        src = str(Path(rv["info"].get("source_run", "")).resolve())
-        if src in by_dir:
-            studies.setdefault(settings_changed(rv["info"], by_dir[src]["info"]), {}).setdefault(src, []).append(rv)
+    by_dir, studies = noise_studies(runs, reevaluations)
     if not studies:
         return None
     fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
     series = frontier_series(runs)
     lines = []
-    for changed in sorted(studies):
-        # the SAE evaluated again most often first: the study's reference, which the paired differences are taken from
-        sources = dict(sorted(studies[changed].items(), key=lambda item: -len(item[1])))
+    for changed, sources in studies.items():
         for src, rvs in sources.items():
             lines += noise_section(by_dir[src], rvs, changed, runs, sources, by_dir, series, fmt)
         lines += paired_noise_lines(by_dir, sources, fmt, changed)
@@ -976,24 +1012,32 @@ def paired_noise_lines(by_dir: dict, sources: dict, fmt, changed: str = "") -> l
              "SAE's value is a sample effect both share.", "",
              "| SAE minus " + first["name"] + " | metric | difference at eval seeds | range over eval seeds | "
              f"{first['name']}'s reseed range |", "|---|---|---|---|---|"]
+    for other, name, diffs, own in paired_differences(by_dir, sources, changed, with_own=True):
+        values = [d for _, d in diffs]
+        lines.append(f"| {other} | {name} | " + ", ".join(f"{s}: {d:+.3g}" for s, d in diffs) +
+                     f" | {fmt(max(values) - min(values))} | {fmt(max(own) - min(own) if len(own) > 1 else None)} |")
+    return lines + [""]
+
+
+def paired_differences(by_dir: dict, sources: dict, changed: str = "", with_own: bool = False) -> list[tuple]:
+    """(other SAE's name, metric, [(eval seed, other - first)], and with_own the first SAE's values at those eval
+    seeds) for every other source of a study and every metric both were measured on at two or more eval seeds."""
+    srcs = list(sources)
+    out = []
     for src in srcs[1:]:
-        other = by_dir[src]
         for name, ev, path in NOISE_METRICS:
             seeds = sorted(({0} if not changed else set()) | {eval_seed_of(r["info"]) for r in sources[src]}
                            | {eval_seed_of(r["info"]) for r in sources[srcs[0]]})
             diffs, own = [], []
             for s in seeds:
-                a = value_at_eval_seed(first["info"], sources[srcs[0]], s, ev, path, from_run=not changed)
-                b = value_at_eval_seed(other["info"], sources[src], s, ev, path, from_run=not changed)
+                a = value_at_eval_seed(by_dir[srcs[0]]["info"], sources[srcs[0]], s, ev, path, from_run=not changed)
+                b = value_at_eval_seed(by_dir[src]["info"], sources[src], s, ev, path, from_run=not changed)
                 own += [a] if a is not None else []
                 if a is not None and b is not None:
                     diffs.append((s, b - a))
-            if len(diffs) < 2:
-                continue
-            values = [d for _, d in diffs]
-            lines.append(f"| {other['name']} | {name} | " + ", ".join(f"{s}: {d:+.3g}" for s, d in diffs) +
-                         f" | {fmt(max(values) - min(values))} | {fmt(max(own) - min(own) if len(own) > 1 else None)} |")
-    return lines + [""]
+            if len(diffs) >= 2:
+                out.append((by_dir[src]["name"], name, diffs, *([own] if with_own else [])))
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -1014,8 +1058,9 @@ def main(argv: list[str]) -> int:
                plot_unlearning, plot_scr_tpp_absorption, plot_variant_terms, plot_diagnostics, plot_final_metrics,
                plot_frontiers, plot_dose_response)
     written = [p for p in (f(runs, out) for f in figures) if p] + [write_table(runs, out)]
-    written += [p for p in [write_matched_table(runs, out), write_dose_table(runs, out),
-                            write_noise_table(runs, load_reevaluations(opts["runs_glob"]), out)] if p]
+    reevaluations = load_reevaluations(opts["runs_glob"])
+    written += [p for p in [write_matched_table(runs, out, sample_noise(runs, reevaluations)), write_dose_table(runs, out),
+                            write_noise_table(runs, reevaluations, out)] if p]
     written.append(write_index(runs, out, written))
     print(f"{len(runs)} runs -> " + ", ".join(str(p) for p in written))
     return 0

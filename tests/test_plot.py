@@ -173,6 +173,10 @@ def test_matched_l0_table_interpolates_in_log_l0_and_calls_a_finding_only_beyond
     assert "topk" not in probing and "### sparse probing top-5" not in table  # no run holds it: no section
     sil = table[table.index("### silhouette"):]
     assert "| contrastive | 0.3 vs 0.1: +0.2 (spread 0) **yes**" in sil and "topk" not in sil  # only its target
+    # where the eval sample alone moves a difference by more than the seeds do, that is the bar
+    table = plot.write_matched_table(runs, tmp_path, {"silhouette": 0.25, "CE-loss score": 0.001}).read_text()
+    assert "| contrastive | 0.3 vs 0.1: +0.2 (spread 0, eval sample 0.25) no" in table
+    assert "| topk | 0.85 vs 0.8: +0.05 (spread 0.02, eval sample 0.001) **yes** |" in table
     # the figure: one panel per frontier metric and target, drawn, with the baseline's spread shaded
     path = plot.plot_frontiers(runs, tmp_path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20000
@@ -310,6 +314,10 @@ def test_noise_table_gives_the_paired_difference_of_two_reseeded_saes_at_each_ev
     assert table.index("## relu_a") < table.index("## relu_b")
     row = next(line for line in table.splitlines() if line.startswith("| relu_b | CE-loss score |"))
     assert row == "| relu_b | CE-loss score | 0: +0.03, 1: +0.02, 2: +0.04 | 0.02 | 0.2 |"
+    # the matched-L0 table's eval-sample noise: the paired range (0.02), not relu_a's own reseed range (0.2)
+    assert plot.sample_noise(runs, reevals) == {"CE-loss score": pytest.approx(0.02)}
+    # with relu_a alone reevaluated, only its own reseed range bounds it
+    assert plot.sample_noise(runs, reevals[2:]) == {"CE-loss score": pytest.approx(0.2)}
     assert "| relu_b | explained variance |" not in table  # not measured at two eval seeds: no row
 
 
