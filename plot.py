@@ -329,7 +329,9 @@ def plot_scr_tpp_absorption(runs, out: Path) -> Path | None:
     absorbed = _with(runs, "absorption")
     if not any(p for _, p in panels) and not absorbed:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    bars_width = max(16 / 3, 0.42 * len(absorbed))  # the absorption panel widens with its bars (labels side by side)
+    fig, axes = plt.subplots(1, 3, figsize=(2 * 16 / 3 + bars_width, 4.5 + 0.08 * len(absorbed)),
+                             gridspec_kw={"width_ratios": [16 / 3, 16 / 3, bars_width]})
     for ax, (key, these) in zip(axes, panels):
         bands = seed_bands(these, [r["info"][key]["metric_by_n_latents"] for r in these])  # None: no range there
         for i, r in enumerate(these):
@@ -555,10 +557,13 @@ BASELINE = "relu"
 FRONTIER_METRICS = [("CE-loss score", ("summary", "ce_loss_score")), ("explained variance", ("summary", "explained_variance")),
                     ("KL score", ("summary", "kl_div_score"))]
 MATCHED_L0 = (20, 40, 80)
-# in the matched-L0 table for every variant whose runs hold them (sparse probing is added to a comparison's
-# runs afterwards, reevaluate.py): k-sparse probing is the metric the 2026 SAEBench audit found most reliable
+# in the matched-L0 table for every variant whose runs hold them (sparse probing and absorption are added to a
+# comparison's runs afterwards, reevaluate.py): k-sparse probing is the metric the 2026 SAEBench audit found most
+# reliable; absorption is what Matryoshka SAEs are meant to reduce
 MATCHED_EXTRA = [("sparse probing top-1", ("sparse_probing", "sae_top_k_test_accuracy", "1")),
-                 ("sparse probing top-5", ("sparse_probing", "sae_top_k_test_accuracy", "5"))]
+                 ("sparse probing top-5", ("sparse_probing", "sae_top_k_test_accuracy", "5")),
+                 ("absorption fraction", ("absorption", "mean_absorption_fraction_score")),
+                 ("full absorption", ("absorption", "mean_full_absorption_score"))]
 
 
 def lookup(info: dict, path) -> float | None:
