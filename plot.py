@@ -256,21 +256,30 @@ def plot_sparse_probing(runs, out: Path) -> Path | None:
     runs = _with(runs, "sparse_probing")
     if not runs:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    columns = 1 + (len(runs) + 2) // 24  # legend columns beside the axes: many runs never cover the curves
+    fig, ax = plt.subplots(figsize=(7.5 + (2.6 * columns if len(runs) > 6 else 0), 5))
     bands = seed_bands(runs, [r["info"]["sparse_probing"]["sae_top_k_test_accuracy"] for r in runs])
+    llm_curves: list[tuple] = []
     for i, r in enumerate(runs):
         sp = r["info"]["sparse_probing"]
         ks = sorted(sp["sae_top_k_test_accuracy"], key=int)
         ax.plot([int(k) for k in ks], [sp["sae_top_k_test_accuracy"][k] for k in ks], "o-", color=f"C{i}",
                 label=f"{r['label']} SAE" + (" (its seeds' range shaded)" if bands[i] else ""))
         _band(ax, bands[i], f"C{i}")
-        ax.plot([int(k) for k in ks], [sp["llm_top_k_test_accuracy"][k] for k in ks], "x--", color=f"C{i}",
-                alpha=0.6, label=f"{r['label']} LLM")
+        llm = sp.get("llm_top_k_test_accuracy") or {}
+        curve = tuple((int(k), round(llm[k], 6)) for k in ks if llm.get(k) is not None)
+        if curve and curve not in llm_curves:  # model-only: one curve for all the SAEs on one model, hook and texts
+            llm_curves.append(curve)
+            ax.plot([k for k, _ in curve], [v for _, v in curve], "x--", color="black" if len(llm_curves) == 1 else f"C{i}",
+                    alpha=0.7, label="LLM residual stream" + ("" if len(llm_curves) == 1 else f" ({r['label']})"))
     ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
     ax.set(xscale="log", xlabel="k (features / residual dimensions the probe may use)", ylabel="test accuracy",
            title="sparse probing (mean over datasets)")
     _integer_ticks(ax, [1, 2, 5, 10, 20, 50, 100])
-    ax.legend(fontsize=7)
+    if len(runs) > 6:
+        ax.legend(fontsize=7, ncol=columns, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, out / "sparse_probing.png")
 

@@ -211,7 +211,15 @@ def test_line_figures_shade_each_settings_seed_range_once_per_setting(tmp_path):
     bands = plot.seed_bands(runs, [r["info"]["sparse_probing"]["sae_top_k_test_accuracy"] for r in runs])
     # k=1: the three seeds' range; k=5: one seed lacks it, so no range; drawn on the first seed only, none for L1 0.5
     assert bands == [{"1": (0.60, 0.64)}, None, None, None]
-    plot.plot_sparse_probing(runs, tmp_path)
+    drawn = {}
+    save = plot._save
+    plot._save = lambda fig, path: drawn.setdefault("fig", fig) and save(fig, path)
+    try:
+        plot.plot_sparse_probing(runs, tmp_path)
+    finally:
+        plot._save = save
+    labels = drawn["fig"].axes[0].get_legend_handles_labels()[1]
+    assert labels.count("LLM residual stream") == 1 and not any("relu_1 LLM" in x for x in labels)  # drawn once
     fig, ax = plot.plt.subplots()
     plot._band(ax, bands[0], "C0")
     assert len(ax.collections) == 1 and plot._band(ax, None, "C1") is None and len(ax.collections) == 1
