@@ -199,20 +199,31 @@ def plot_sparsity(runs, out: Path) -> Path | None:
     return _save(fig, out / "sparsity.png")
 
 
+MANY_POINTS = 10  # more runs than this in one scatter: coloured by variant, not named point by point
+
+
 def plot_l0_vs_ce(runs, out: Path) -> Path | None:
     runs = _with_core(runs)
     if not runs:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 5))
+    many = len(runs) > MANY_POINTS  # a name beside every point would be unreadable: one colour per variant
+    fig, ax = plt.subplots(figsize=(8.5 if many else 6.5, 5))
     at: dict[tuple, list[str]] = {}  # runs at the same point (to 3 digits) share one label instead of overprinting
+    variants = list(dict.fromkeys(str(r["info"].get("variant")) for r in runs))
+    labelled: set[str] = set()
     for i, r in enumerate(runs):
         m = r["info"]["core"]["eval_result_metrics"]
         x, y = m["sparsity"]["l0"], m["model_performance_preservation"]["ce_loss_score"]
-        ax.scatter(x, y, color=f"C{i}", s=50)
+        variant = str(r["info"].get("variant"))
+        label = variant if many and variant not in labelled else None
+        labelled.add(variant)
+        ax.scatter(x, y, color=f"C{variants.index(variant) if many else i}", s=30 if many else 50, label=label)
         at.setdefault((f"{x:.3g}", f"{y:.3g}"), []).append((x, y, r["label"]))
-    for same in at.values():
+    for same in at.values() if not many else ():
         ax.annotate(", ".join(label for _, _, label in same), same[0][:2], textcoords="offset points", xytext=(5, 5),
                     fontsize=8)
+    if many:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, title="variant")
     ax.set(xlabel="L0 (held-out)", ylabel="CE-loss score", title="sparsity vs. model-loss preservation")
     m = [r["info"]["core"]["eval_result_metrics"] for r in runs]
     readable_axis(ax, "x", [x["sparsity"]["l0"] for x in m], log=True)

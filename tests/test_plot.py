@@ -100,6 +100,23 @@ def test_runs_table_gives_the_baseline_seed_spread_and_marks_what_is_within_it_a
     assert any("noise, not a finding" in line for line in table)
 
 
+def test_l0_vs_ce_names_each_point_for_a_few_runs_and_colours_by_variant_for_many(tmp_path, monkeypatch):
+    import plot
+
+    drawn = {}
+    monkeypatch.setattr(plot, "_save", lambda fig, path: drawn.setdefault("fig", fig))
+    runs = [{"name": f"{v}_{i}", "label": f"{v}_{i}: {v}", "info": fake_info(v, 10.0 * (i + 1))}
+            for v in ("relu", "topk", "contrastive") for i in range(4)]
+    plot.plot_l0_vs_ce(runs[:3], tmp_path)
+    assert [t.get_text() for t in drawn["fig"].axes[0].texts] == ["relu_0: relu", "relu_1: relu", "relu_2: relu"]
+    drawn.clear()
+    plot.plot_l0_vs_ce(runs, tmp_path)  # 12 runs: no name beside each point, one legend entry per variant
+    ax = drawn["fig"].axes[0]
+    assert len(ax.texts) == 0 and ax.get_legend_handles_labels()[1] == ["relu", "topk", "contrastive"]
+    colours = [tuple(c.get_facecolor()[0]) for c in ax.collections]
+    assert len(set(colours[:4])) == 1 and len(set(colours)) == 3  # a variant's runs share its colour
+
+
 def test_l0_vs_ce_has_plain_ticks_and_sane_limits_for_near_identical_and_for_widely_spread_runs(tmp_path, monkeypatch):
     import plot
 
