@@ -137,11 +137,17 @@ def _bars(ax, runs, values, title, ylabel=None, ranges=None):
 
 
 def _bar_row(runs, panels, path: Path, title: str | None = None) -> Path:
-    """One figure, one bar panel per (title, values) pair, side by side."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(4, 0.42 * len(runs)) * len(panels), 4.5 + 0.08 * len(runs)))
-    for ax, (panel_title, values) in zip(axes, panels):
+    """One figure, one bar panel per (title, values) pair: side by side, or one above the other where the runs
+    are many (side by side, 56 runs made a figure 94 inches wide)."""
+    width, height = max(4, 0.42 * len(runs)), 4.5 + 0.08 * len(runs)
+    stacked = len(runs) > MANY_POINTS and len(panels) > 1
+    fig, axes = plt.subplots(len(panels) if stacked else 1, 1 if stacked else len(panels), squeeze=False,
+                             figsize=(width, height * len(panels)) if stacked else (width * len(panels), height))
+    for ax, (panel_title, values) in zip(axes.flat, panels):
         _bars(ax, runs, values, panel_title)
-    if title:
+    if title and stacked:  # a figure title would sit on the first panel's
+        axes.flat[0].set_title(f"{title}: {axes.flat[0].get_title()}")
+    elif title:
         fig.suptitle(title)
     return _save(fig, path)
 
@@ -153,18 +159,44 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+MANY_POINTS = 10  # more runs than this in one plot: coloured by variant (one legend entry each), not run by run
+
+
+def run_styles(runs) -> list[tuple[str, str | None]]:
+    """(colour, legend label or None) per run: a colour and the run's label each where the runs are few; where
+    they are many, one colour per variant, labelled on its first run only (56 labels would hide the curves)."""
+    if len(runs) <= MANY_POINTS:
+        return [(f"C{i}", r["label"]) for i, r in enumerate(runs)]
+    variants = list(dict.fromkeys(str(r["info"].get("variant")) for r in runs))
+    seen: set[str] = set()
+    styles = []
+    for r in runs:
+        v = str(r["info"].get("variant"))
+        styles.append((f"C{variants.index(v)}", None if v in seen else v))
+        seen.add(v)
+    return styles
+
+
+def run_legend(ax, runs, **kwargs) -> None:
+    """The legend of a plot drawn with run_styles: beside the axes, titled "variant", where the runs are many."""
+    if len(runs) > MANY_POINTS:
+        ax.legend(fontsize=7, title="variant", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(**{"fontsize": 7, **kwargs})
+
+
 def plot_training_curves(runs, out: Path) -> Path | None:
     with_curves = [r for r in runs if r["info"].get("training", {}).get("curves", {}).get("tokens")]
     if not with_curves:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in with_curves:
+    fig, axes = plt.subplots(1, 2, figsize=(14 if len(with_curves) > MANY_POINTS else 12, 4.5))
+    for r, (colour, label) in zip(with_curves, run_styles(with_curves)):
         c = r["info"]["training"]["curves"]
-        axes[0].plot(c["tokens"], c["loss"], label=r["label"])
-        axes[1].plot(c["tokens"], c["l0"], label=r["label"])
+        axes[0].plot(c["tokens"], c["loss"], color=colour, label=label)
+        axes[1].plot(c["tokens"], c["l0"], color=colour, label=label)
     axes[0].set(title="training loss (normalized activations)", xlabel="training tokens", ylabel="loss", yscale="log")
     axes[1].set(title="L0 per token during training", xlabel="training tokens", ylabel="active features", yscale="log")
-    axes[0].legend(fontsize=8)
+    run_legend(axes[1] if len(with_curves) > MANY_POINTS else axes[0], with_curves, fontsize=8)
     return _save(fig, out / "training_curves.png")
 
 
@@ -190,16 +222,16 @@ def plot_sparsity(runs, out: Path) -> Path | None:
     if not runs:
         return None
     core_runs = _with_core(runs)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.5))
+    if len(runs) > MANY_POINTS:  # one wide panel per row, so each bar keeps room for its label
+        fig, axes = plt.subplots(3, 1, figsize=(max(14, 0.42 * len(runs)), 3 * (4.5 + 0.08 * len(runs))))
+    else:
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4.5))
     if core_runs:
         m = [r["info"]["core"]["eval_result_metrics"]["sparsity"] for r in core_runs]
         _bars(axes[0], core_runs, [x["l0"] for x in m], "L0 (held-out)")
         _bars(axes[1], core_runs, [x["l1"] for x in m], "L1 of feature activations (held-out)")
     _bars(axes[2], runs, [r["info"]["training"]["final"].get("dead_frac", float("nan")) for r in runs], "dead fraction (end of training)")
     return _save(fig, out / "sparsity.png")
-
-
-MANY_POINTS = 10  # more runs than this in one scatter: coloured by variant, not named point by point
 
 
 def plot_l0_vs_ce(runs, out: Path) -> Path | None:
@@ -209,21 +241,16 @@ def plot_l0_vs_ce(runs, out: Path) -> Path | None:
     many = len(runs) > MANY_POINTS  # a name beside every point would be unreadable: one colour per variant
     fig, ax = plt.subplots(figsize=(8.5 if many else 6.5, 5))
     at: dict[tuple, list[str]] = {}  # runs at the same point (to 3 digits) share one label instead of overprinting
-    variants = list(dict.fromkeys(str(r["info"].get("variant")) for r in runs))
-    labelled: set[str] = set()
-    for i, r in enumerate(runs):
+    for r, (colour, label) in zip(runs, run_styles(runs)):
         m = r["info"]["core"]["eval_result_metrics"]
         x, y = m["sparsity"]["l0"], m["model_performance_preservation"]["ce_loss_score"]
-        variant = str(r["info"].get("variant"))
-        label = variant if many and variant not in labelled else None
-        labelled.add(variant)
-        ax.scatter(x, y, color=f"C{variants.index(variant) if many else i}", s=30 if many else 50, label=label)
+        ax.scatter(x, y, color=colour, s=30 if many else 50, label=label if many else None)
         at.setdefault((f"{x:.3g}", f"{y:.3g}"), []).append((x, y, r["label"]))
     for same in at.values() if not many else ():
         ax.annotate(", ".join(label for _, _, label in same), same[0][:2], textcoords="offset points", xytext=(5, 5),
                     fontsize=8)
     if many:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, title="variant")
+        run_legend(ax, runs)
     ax.set(xlabel="L0 (held-out)", ylabel="CE-loss score", title="sparsity vs. model-loss preservation")
     m = [r["info"]["core"]["eval_result_metrics"] for r in runs]
     readable_axis(ax, "x", [x["sparsity"]["l0"] for x in m], log=True)
@@ -384,14 +411,14 @@ def plot_variant_terms(runs, out: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 4.2), squeeze=False)
     for ax, key in zip(axes[0], present):
-        for i, r in enumerate(runs):
+        these = [r for r in runs if key in r["info"]["training"]["curves"]]
+        for r, (colour, label) in zip(these, run_styles(these)):
             c = r["info"]["training"]["curves"]
-            if key in c:
-                pts = [(t, v) for t, v in zip(c["tokens"], c[key]) if v is not None]
-                ax.plot([t for t, _ in pts], [v for _, v in pts], color=f"C{i}", label=r["label"])
+            pts = [(t, v) for t, v in zip(c["tokens"], c[key]) if v is not None]
+            ax.plot([t for t, _ in pts], [v for _, v in pts], color=colour, label=label)
         ax.set(title=EXTRA_TERMS[key], xlabel="training tokens", ylabel="term added to the loss")
         ax.title.set_fontsize(9)
-        ax.legend(fontsize=7)
+        run_legend(ax, these)
         ax.grid(alpha=0.3)
     return _save(fig, out / "variant_terms.png")
 
@@ -413,7 +440,12 @@ def plot_diagnostics(runs, out: Path) -> Path | None:
     runs = _with(runs, "diagnostics")
     if not runs:
         return None
-    fig, axes = plt.subplots(3, 3, figsize=(16, 12))
+    many = len(runs) > MANY_POINTS  # one wide panel per row, so each bar keeps room for its label
+    if many:
+        fig, axes = plt.subplots(len(DIAGNOSTIC_PANELS) + 1, 1,
+                                 figsize=(max(16, 0.42 * len(runs)), (4.5 + 0.08 * len(runs)) * (len(DIAGNOSTIC_PANELS) + 1)))
+    else:
+        fig, axes = plt.subplots(3, 3, figsize=(16, 12))
     d = [r["info"]["diagnostics"] for r in runs]
     for ax, (key, title, reference) in zip(axes.flat, DIAGNOSTIC_PANELS):
         _bars_or_na(ax, runs, [x.get(key) for x in d], title)
@@ -422,14 +454,18 @@ def plot_diagnostics(runs, out: Path) -> Path | None:
             ax.axhline(sum(values) / len(values), color="grey", ls="--", lw=1, label=reference[1])
             ax.legend(fontsize=7)
     ax = axes.flat[len(DIAGNOSTIC_PANELS)]
-    for i, (r, x) in enumerate(zip(runs, d)):
+    for r, x, (colour, label) in zip(runs, d, run_styles(runs)):
         lags = sorted(x["autocorrelation"], key=int)
-        ax.plot([int(k) for k in lags], [x["autocorrelation"][k] for k in lags], "o-", color=f"C{i}", label=r["label"])
+        ax.plot([int(k) for k in lags], [x["autocorrelation"][k] for k in lags], "o-", color=colour,
+                alpha=0.6 if many else 1.0, label=label)
     ax.set(xscale="log", xlabel="lag (tokens)", title="feature auto-correlation by lag")
     _integer_ticks(ax, [1, 2, 4, 8])
-    ax.legend(fontsize=7)
+    run_legend(ax, runs)
     ax.grid(alpha=0.3)
-    fig.suptitle("the seeds' diagnostics (held-out text)")
+    if many:  # a figure title would sit on the first panel's
+        axes.flat[0].set_title(f"the seeds' diagnostics (held-out text): {axes.flat[0].get_title()}")
+    else:
+        fig.suptitle("the seeds' diagnostics (held-out text)")
     return _save(fig, out / "diagnostics.png")
 
 

@@ -117,6 +117,31 @@ def test_l0_vs_ce_names_each_point_for_a_few_runs_and_colours_by_variant_for_man
     assert len(set(colours[:4])) == 1 and len(set(colours)) == 3  # a variant's runs share its colour
 
 
+def test_bar_panels_stand_side_by_side_for_a_few_runs_and_one_above_the_other_for_many(tmp_path, monkeypatch):
+    import plot
+
+    drawn = []
+    monkeypatch.setattr(plot, "_save", lambda fig, path: drawn.append(fig))
+    for n in (3, 12):
+        runs = [{"name": f"relu_{i}", "label": f"relu_{i}", "info": fake_info("relu", 10.0 + i)} for i in range(n)]
+        plot._bar_row(runs, [("A", [1.0] * n), ("B", [2.0] * n)], tmp_path / "x.png", "core")
+    few, many = ([ax.get_position() for ax in fig.axes] for fig in drawn)
+    assert few[0].y0 == few[1].y0 and few[0].x0 < few[1].x0  # side by side
+    assert many[0].x0 == many[1].x0 and many[0].y0 > many[1].y0  # stacked, A on top
+    assert drawn[0]._suptitle.get_text() == "core" and drawn[1].axes[0].get_title() == "core: A"
+    drawn.clear()
+    runs = [{"name": f"{v}_{i}", "label": f"{v}_{i}: {v}", "info": with_evals(fake_info(v, 10.0 + i))}
+            for v in ("relu", "topk") for i in range(6)]
+    plot.plot_diagnostics(runs, tmp_path)  # 12 runs: every panel in one column, the lag curves coloured by variant
+    axes = drawn[0].axes
+    assert len(axes) == len(plot.DIAGNOSTIC_PANELS) + 1 and len({round(ax.get_position().x0, 3) for ax in axes}) == 1
+    assert axes[-1].get_legend_handles_labels()[1] == ["relu", "topk"]
+    drawn.clear()
+    plot.plot_training_curves(runs, tmp_path)  # the loss and L0 curves too: a colour and a legend entry per variant
+    assert drawn[0].axes[1].get_legend_handles_labels()[1] == ["relu", "topk"]
+    assert len({line.get_color() for line in drawn[0].axes[0].lines}) == 2
+
+
 def test_l0_vs_ce_has_plain_ticks_and_sane_limits_for_near_identical_and_for_widely_spread_runs(tmp_path, monkeypatch):
     import plot
 
