@@ -140,16 +140,27 @@ def _bar_row(runs, panels, path: Path, title: str | None = None) -> Path:
     """One figure, one bar panel per (title, values) pair: side by side, or one above the other where the runs
     are many (side by side, 56 runs made a figure 94 inches wide)."""
     width, height = max(4, 0.42 * len(runs)), 4.5 + 0.08 * len(runs)
-    stacked = len(runs) > MANY_POINTS and len(panels) > 1
-    fig, axes = plt.subplots(len(panels) if stacked else 1, 1 if stacked else len(panels), squeeze=False,
-                             figsize=(width, height * len(panels)) if stacked else (width * len(panels), height))
-    for ax, (panel_title, values) in zip(axes.flat, panels):
+    fig, axes, stacked = panel_axes(len(runs), len(panels), (1, len(panels)), (width * len(panels), height), 4)
+    for ax, (panel_title, values) in zip(axes, panels):
         _bars(ax, runs, values, panel_title)
     if title and stacked:  # a figure title would sit on the first panel's
-        axes.flat[0].set_title(f"{title}: {axes.flat[0].get_title()}")
+        axes[0].set_title(f"{title}: {axes[0].get_title()}")
     elif title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def panel_axes(n_runs: int, n_panels: int, few_grid: tuple[int, int], few_size: tuple[float, float],
+               min_width: float = 14) -> tuple:
+    """(figure, its axes in order, stacked) for n_panels bar panels over n_runs runs: few_grid at few_size, or,
+    where the runs are many, one wide panel per row so that every bar keeps room for its name."""
+    stacked = n_runs > MANY_POINTS and n_panels > 1
+    if stacked:
+        fig, axes = plt.subplots(n_panels, 1, squeeze=False,
+                                 figsize=(max(min_width, 0.42 * n_runs), (4.5 + 0.08 * n_runs) * n_panels))
+    else:
+        fig, axes = plt.subplots(*few_grid, squeeze=False, figsize=few_size)
+    return fig, list(axes.flat), stacked
 
 
 def _save(fig, path: Path) -> Path:
@@ -222,10 +233,7 @@ def plot_sparsity(runs, out: Path) -> Path | None:
     if not runs:
         return None
     core_runs = _with_core(runs)
-    if len(runs) > MANY_POINTS:  # one wide panel per row, so each bar keeps room for its label
-        fig, axes = plt.subplots(3, 1, figsize=(max(14, 0.42 * len(runs)), 3 * (4.5 + 0.08 * len(runs))))
-    else:
-        fig, axes = plt.subplots(1, 3, figsize=(14, 4.5))
+    fig, axes, _ = panel_axes(len(runs), 3, (1, 3), (14, 4.5))
     if core_runs:
         m = [r["info"]["core"]["eval_result_metrics"]["sparsity"] for r in core_runs]
         _bars(axes[0], core_runs, [x["l0"] for x in m], "L0 (held-out)")
@@ -440,20 +448,15 @@ def plot_diagnostics(runs, out: Path) -> Path | None:
     runs = _with(runs, "diagnostics")
     if not runs:
         return None
-    many = len(runs) > MANY_POINTS  # one wide panel per row, so each bar keeps room for its label
-    if many:
-        fig, axes = plt.subplots(len(DIAGNOSTIC_PANELS) + 1, 1,
-                                 figsize=(max(16, 0.42 * len(runs)), (4.5 + 0.08 * len(runs)) * (len(DIAGNOSTIC_PANELS) + 1)))
-    else:
-        fig, axes = plt.subplots(3, 3, figsize=(16, 12))
+    fig, axes, many = panel_axes(len(runs), len(DIAGNOSTIC_PANELS) + 1, (3, 3), (16, 12), 16)
     d = [r["info"]["diagnostics"] for r in runs]
-    for ax, (key, title, reference) in zip(axes.flat, DIAGNOSTIC_PANELS):
+    for ax, (key, title, reference) in zip(axes, DIAGNOSTIC_PANELS):
         _bars_or_na(ax, runs, [x.get(key) for x in d], title)
         values = [x.get(reference[0]) for x in d if x.get(reference[0]) is not None] if reference else []
         if values:  # the reference is the same for every run (raw activations) or a null: its mean
             ax.axhline(sum(values) / len(values), color="grey", ls="--", lw=1, label=reference[1])
             ax.legend(fontsize=7)
-    ax = axes.flat[len(DIAGNOSTIC_PANELS)]
+    ax = axes[len(DIAGNOSTIC_PANELS)]
     for r, x, (colour, label) in zip(runs, d, run_styles(runs)):
         lags = sorted(x["autocorrelation"], key=int)
         ax.plot([int(k) for k in lags], [x["autocorrelation"][k] for k in lags], "o-", color=colour,
@@ -463,7 +466,7 @@ def plot_diagnostics(runs, out: Path) -> Path | None:
     run_legend(ax, runs)
     ax.grid(alpha=0.3)
     if many:  # a figure title would sit on the first panel's
-        axes.flat[0].set_title(f"the seeds' diagnostics (held-out text): {axes.flat[0].get_title()}")
+        axes[0].set_title(f"the seeds' diagnostics (held-out text): {axes[0].get_title()}")
     else:
         fig.suptitle("the seeds' diagnostics (held-out text)")
     return _save(fig, out / "diagnostics.png")
