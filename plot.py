@@ -971,9 +971,9 @@ def sample_noise(runs, reevaluations) -> dict[str, float]:
         return {}
     out: dict[str, float] = {}
     first = next(iter(sources))
+    differences = paired_differences(by_dir, sources)
     for name, ev, path in NOISE_METRICS:
-        pairs = [max(d) - min(d) for _, metric, diffs in paired_differences(by_dir, sources) if metric == name
-                 for d in [[x for _, x in diffs]]]
+        pairs = [max(d) - min(d) for _, metric, diffs in differences if metric == name for d in [[x for _, x in diffs]]]
         own = [v for s in sorted({0} | {eval_seed_of(r["info"]) for r in sources[first]})
                for v in [value_at_eval_seed(by_dir[first]["info"], sources[first], s, ev, path)] if v is not None]
         if pairs:
