@@ -25,7 +25,9 @@ and the CE-loss score against the weight (dose_response.png, dose_table.md).
 --noise (after the comparison): how much each eval moves when only its own sampling changes, and when only the
 SAE's training seed does. The --seeded baseline's runs at the --dose_at-th setting (one per seed) are given
 the --noise_evals they lack (added to each run, reevaluate.py); then the first seed's SAE is evaluated again at
-every eval seed of --eval_seeds (each eval's `seed`, unlearning's `split_seed`) into OUT/noise_evalseed_S.
+every eval seed of --eval_seeds (each eval's `seed`, unlearning's `split_seed`) into OUT/noise_evalseed_S; evals
+that a finished reevaluation in OUT/ already holds at that seed are not run again, the others (a study extended
+later with more --noise_evals) go into OUT/noise_evalseed_EVALS_S.
 plot.py writes noise_table.md: per metric, the reseed noise, the training-seed spread, the smallest difference
 it resolves, beside the spread between the variants at the same L0.
 """
@@ -93,6 +95,31 @@ def noise_sources(opts: dict) -> list[Path]:
     return [found[s] for s in opts["seeds"].split(",") if s in found]
 
 
+def held_at_seed(out: Path, source: Path, seed: str) -> set[str]:
+    """The evals some finished reevaluation in OUT/ holds for `source` at eval seed `seed` with the source's own
+    settings otherwise (a reevaluation at other settings, e.g. fewer core batches, is another study), not failed."""
+    held_settings = json.loads((source / "final_info.json").read_text()).get("config", {}).get("evals", {})
+    held = set()
+    for path in out.glob("*/reevaluation.json"):
+        rv = json.loads(path.read_text())
+        if Path(rv.get("source_run", "")).resolve() != source.resolve():
+            continue
+        for ev, settings in rv.get("config", {}).get("evals", {}).items():
+            base = held_settings.get(ev) if isinstance(held_settings.get(ev), dict) else {}
+            field = RESEED.get(ev, "seed")
+            same = all(base[k] == v for k, v in settings.items() if k != field and k in base)
+            if same and str(settings.get(field)) == seed and isinstance(rv.get(ev), dict) and rv[ev].get("status") != "error":
+                held.add(ev)
+    return held
+
+
+def holds_results(folder: Path) -> bool:
+    """`folder` holds a reevaluation with at least one eval that did not fail."""
+    path = folder / "reevaluation.json"
+    rv = json.loads(path.read_text()) if path.is_file() else {}
+    return any(isinstance(rv.get(e), dict) and rv[e].get("status") != "error" for e in rv.get("config", {}).get("evals", {}))
+
+
 def noise_commands(opts: dict, sources: list[Path]) -> list[tuple[str, list[str]]]:
     """(what, reevaluate.py arguments) for the eval-noise study on `sources` (noise_sources; see the module doc)."""
     evals = opts["noise_evals"].split(",")
@@ -106,13 +133,17 @@ def noise_commands(opts: dict, sources: list[Path]) -> list[tuple[str, list[str]
                                                                   f"--notes={Path(opts['out']) / 'notes.txt'}",
                                                                   *(["--replace"] if failed else [])]))
     for s in opts["eval_seeds"].split(",") if sources else ():
-        target = Path(opts["out"]) / f"noise_evalseed_{s}"
-        done = target / "reevaluation.json"
-        status = json.loads(done.read_text()).get("status") if done.is_file() else None
-        if status != "ok":  # absent, or written by a reevaluation with a failed eval: run again
-            sets = [a for e in evals for a in ("--set", f"{e}.{RESEED.get(e, 'seed')}={s}")]
-            todo.append((f"{sources[0].name} at eval seed {s}", [str(sources[0]), f"--out_dir={target}", f"--evals={','.join(evals)}",
-                                                                 *sets, *(["--overwrite"] if status else [])]))
+        missing = [e for e in evals if e not in held_at_seed(Path(opts["out"]), sources[0], s)]
+        if not missing:
+            continue
+        # a study extended later (--noise_evals with an eval the first one left out) gets a folder of its own;
+        # a folder is only written over when it holds no eval that did not fail
+        names = [f"noise_evalseed_{s}", f"noise_evalseed_{'-'.join(missing)}_{s}"]
+        names += [f"{names[1]}_{i}" for i in range(2, 100)]
+        target = next(Path(opts["out"]) / n for n in names if not holds_results(Path(opts["out"]) / n))
+        sets = [a for e in missing for a in ("--set", f"{e}.{RESEED.get(e, 'seed')}={s}")]
+        todo.append((f"{sources[0].name} at eval seed {s}", [str(sources[0]), f"--out_dir={target}", f"--evals={','.join(missing)}",
+                                                             *sets, *(["--overwrite"] if target.exists() else [])]))
     return todo
 
 

@@ -91,3 +91,47 @@ def test_noise_adds_the_missing_evals_to_each_baseline_seed_and_reevaluates_the_
                         f"--evals=core,sparse_probing,unlearning --set core.seed={s} --set sparse_probing.seed={s} "
                         f"--set unlearning.split_seed={s}" + (" --overwrite" if s == 2 else ""))
     assert len(lines) == 5
+
+
+def test_noise_extended_later_reevaluates_only_the_evals_no_reevaluation_holds_at_that_seed(tmp_path):
+    """A study run before with core and sparse probing, then asked for unlearning too: at each eval seed only
+    unlearning is reevaluated, into a folder of its own; a reevaluation at other core settings (2 batches) or of
+    another SAE, or whose eval failed, does not count."""
+    from trainers import VARIANTS
+
+    knob, grid = VARIANTS["relu"].SPARSITY
+    evals = {"core": {"seed": 0, "reconstruction_batches": 8}, "sparse_probing": {"seed": 0}, "unlearning": {"split_seed": 0, "seed": 0}}
+    for i, (seed, value) in enumerate([(s, v) for v in grid for s in (0, 1, 2)]):
+        (tmp_path / f"relu_{i}").mkdir()
+        info = {"status": "ok", "variant": "relu", "core": {}, "sparse_probing": {}, "unlearning": {},
+                "config": {"variant": {knob: value}, "training": {"seed": seed}, "evals": evals}}
+        (tmp_path / f"relu_{i}" / "final_info.json").write_text(json.dumps(info))
+
+    def reevaluation(folder, source, seed, held, core_batches=8, failed=()):
+        (tmp_path / folder).mkdir()
+        rv = {"source_run": str(tmp_path / source), "status": "ok",
+              "config": {"evals": {e: dict(evals[e], **{"seed" if e != "unlearning" else "split_seed": seed},
+                                           **({"reconstruction_batches": core_batches} if e == "core" else {})) for e in held}},
+              **{e: {"status": "error" if e in failed else "ok"} for e in held}}
+        (tmp_path / folder / "reevaluation.json").write_text(json.dumps(rv))
+
+    reevaluation("noise_evalseed_1", "relu_3", 1, ["core", "sparse_probing"])
+    reevaluation("noise_evalseed_2", "relu_3", 2, ["sparse_probing"])
+    reevaluation("noise_core2_relu_3_evalseed_2", "relu_3", 2, ["core"], core_batches=2)  # another study
+    reevaluation("noise_relu_4_evalseed_2", "relu_4", 2, ["core"])  # another SAE
+    reevaluation("noise_failed_2", "relu_3", 2, ["unlearning"], failed=["unlearning"])
+    proc = compare("--noise", "--dry_run", f"--out={tmp_path}", "--dose_at=1", "--noise_evals=core,sparse_probing,unlearning",
+                   "--eval_seeds=1,2")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("$ ")]
+    assert lines == [
+        f"$ python reevaluate.py {tmp_path / 'relu_3'} --out_dir={tmp_path / 'noise_evalseed_unlearning_1'} "
+        "--evals=unlearning --set unlearning.split_seed=1",
+        f"$ python reevaluate.py {tmp_path / 'relu_3'} --out_dir={tmp_path / 'noise_evalseed_core-unlearning_2'} "
+        "--evals=core,unlearning --set core.seed=2 --set unlearning.split_seed=2"]
+    # asked for unlearning alone: never over noise_evalseed_1, which holds core and sparse probing
+    proc = compare("--noise", "--dry_run", f"--out={tmp_path}", "--dose_at=1", "--noise_evals=unlearning", "--eval_seeds=1")
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stdout.splitlines() if line.startswith("$ ")] == [
+        f"$ python reevaluate.py {tmp_path / 'relu_3'} --out_dir={tmp_path / 'noise_evalseed_unlearning_1'} "
+        "--evals=unlearning --set unlearning.split_seed=1"]
