@@ -143,7 +143,8 @@ def noise_commands(opts: dict, sources: list[Path]) -> list[tuple[str, list[str]
         target = next(Path(opts["out"]) / n for n in names if not holds_results(Path(opts["out"]) / n))
         sets = [a for e in missing for a in ("--set", f"{e}.{RESEED.get(e, 'seed')}={s}")]
         todo.append((f"{sources[0].name} at eval seed {s}", [str(sources[0]), f"--out_dir={target}", f"--evals={','.join(missing)}",
-                                                             *sets, *(["--overwrite"] if target.exists() else [])]))
+                                                             *sets, f"--notes={Path(opts['out']) / 'notes.txt'}",
+                                                             *(["--overwrite"] if target.exists() else [])]))
     return todo
 
 

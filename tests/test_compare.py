@@ -89,7 +89,7 @@ def test_noise_adds_the_missing_evals_to_each_baseline_seed_and_reevaluates_the_
     for s, line in zip((1, 2), lines[3:]):
         assert line == (f"$ python reevaluate.py {tmp_path / at[0]} --out_dir={tmp_path / f'noise_evalseed_{s}'} "
                         f"--evals=core,sparse_probing,unlearning --set core.seed={s} --set sparse_probing.seed={s} "
-                        f"--set unlearning.split_seed={s}" + (" --overwrite" if s == 2 else ""))
+                        f"--set unlearning.split_seed={s} {notes}" + (" --overwrite" if s == 2 else ""))
     assert len(lines) == 5
 
 
@@ -126,12 +126,12 @@ def test_noise_extended_later_reevaluates_only_the_evals_no_reevaluation_holds_a
     lines = [line for line in proc.stdout.splitlines() if line.startswith("$ ")]
     assert lines == [
         f"$ python reevaluate.py {tmp_path / 'relu_3'} --out_dir={tmp_path / 'noise_evalseed_unlearning_1'} "
-        "--evals=unlearning --set unlearning.split_seed=1",
+        f"--evals=unlearning --set unlearning.split_seed=1 --notes={tmp_path / 'notes.txt'}",
         f"$ python reevaluate.py {tmp_path / 'relu_3'} --out_dir={tmp_path / 'noise_evalseed_core-unlearning_2'} "
-        "--evals=core,unlearning --set core.seed=2 --set unlearning.split_seed=2"]
+        f"--evals=core,unlearning --set core.seed=2 --set unlearning.split_seed=2 --notes={tmp_path / 'notes.txt'}"]
     # asked for unlearning alone: never over noise_evalseed_1, which holds core and sparse probing
     proc = compare("--noise", "--dry_run", f"--out={tmp_path}", "--dose_at=1", "--noise_evals=unlearning", "--eval_seeds=1")
     assert proc.returncode == 0, proc.stderr
     assert [line for line in proc.stdout.splitlines() if line.startswith("$ ")] == [
         f"$ python reevaluate.py {tmp_path / 'relu_3'} --out_dir={tmp_path / 'noise_evalseed_unlearning_1'} "
-        "--evals=unlearning --set unlearning.split_seed=1"]
+        f"--evals=unlearning --set unlearning.split_seed=1 --notes={tmp_path / 'notes.txt'}"]
