@@ -104,20 +104,24 @@ def held_at_seed(out: Path, source: Path, seed: str) -> set[str]:
         rv = json.loads(path.read_text())
         if Path(rv.get("source_run", "")).resolve() != source.resolve():
             continue
-        for ev, settings in rv.get("config", {}).get("evals", {}).items():
+        for ev in finished_evals(rv):
+            settings, field = rv["config"]["evals"][ev], RESEED.get(ev, "seed")
             base = held_settings.get(ev) if isinstance(held_settings.get(ev), dict) else {}
-            field = RESEED.get(ev, "seed")
-            same = all(base[k] == v for k, v in settings.items() if k != field and k in base)
-            if same and str(settings.get(field)) == seed and isinstance(rv.get(ev), dict) and rv[ev].get("status") != "error":
+            if str(settings.get(field)) == seed and all(base[k] == v for k, v in settings.items() if k != field and k in base):
                 held.add(ev)
     return held
+
+
+def finished_evals(reevaluation: dict) -> list[str]:
+    """The evals a reevaluation.json holds a result of that did not fail."""
+    return [e for e in reevaluation.get("config", {}).get("evals", {})
+            if isinstance(reevaluation.get(e), dict) and reevaluation[e].get("status") != "error"]
 
 
 def holds_results(folder: Path) -> bool:
     """`folder` holds a reevaluation with at least one eval that did not fail."""
     path = folder / "reevaluation.json"
-    rv = json.loads(path.read_text()) if path.is_file() else {}
-    return any(isinstance(rv.get(e), dict) and rv[e].get("status") != "error" for e in rv.get("config", {}).get("evals", {}))
+    return bool(finished_evals(json.loads(path.read_text()) if path.is_file() else {}))
 
 
 def noise_commands(opts: dict, sources: list[Path]) -> list[tuple[str, list[str]]]:
