@@ -136,18 +136,20 @@ def noise_commands(opts: dict, sources: list[Path]) -> list[tuple[str, list[str]
             todo.append((f"{run.name}: add {','.join(missing)}", [str(run), f"--evals={','.join(missing)}",
                                                                   f"--notes={Path(opts['out']) / 'notes.txt'}",
                                                                   *(["--replace"] if failed else [])]))
+    out = Path(opts["out"])
     for s in opts["eval_seeds"].split(",") if sources else ():
-        missing = [e for e in evals if e not in held_at_seed(Path(opts["out"]), sources[0], s)]
+        held = held_at_seed(out, sources[0], s)
+        missing = [e for e in evals if e not in held]
         if not missing:
             continue
         # a study extended later (--noise_evals with an eval the first one left out) gets a folder of its own;
         # a folder is only written over when it holds no eval that did not fail
         names = [f"noise_evalseed_{s}", f"noise_evalseed_{'-'.join(missing)}_{s}"]
         names += [f"{names[1]}_{i}" for i in range(2, 100)]
-        target = next(Path(opts["out"]) / n for n in names if not holds_results(Path(opts["out"]) / n))
+        target = next(out / n for n in names if not holds_results(out / n))
         sets = [a for e in missing for a in ("--set", f"{e}.{RESEED.get(e, 'seed')}={s}")]
         todo.append((f"{sources[0].name} at eval seed {s}", [str(sources[0]), f"--out_dir={target}", f"--evals={','.join(missing)}",
-                                                             *sets, f"--notes={Path(opts['out']) / 'notes.txt'}",
+                                                             *sets, f"--notes={out / 'notes.txt'}",
                                                              *(["--overwrite"] if target.exists() else [])]))
     return todo
 
