@@ -133,3 +133,35 @@ def test_cached_core_equals_saebench_run_evals_on_the_embedded_gemma():
         assert (1e-3 < kl < float("inf")) if finite else kl == float("inf"), (decoder_scale, kl)
         for k, v in theirs.items():
             assert ours[k] == pytest.approx(v, abs=1e-4, rel=1e-4), (decoder_scale, k)
+
+
+def test_softmax_underflow_check_equals_float32_softmax_equal_zero():
+    """The range test skips only rows whose softmax cannot reach 0; the others get the softmax itself."""
+    from evals.core import softmax_underflows
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 1000, generator=g) * 3
+    logits[1, 5] = 120.0   # span ~130: exp(-130) underflows to 0
+    logits[2, 5] = 70.0    # span ~80 + log(1000): checked by softmax, nothing underflows
+    logits[3, :] = -200.0
+    logits[3, 7] = 0.0     # every other word 200 below: all but one underflow
+    logits[4, 0] = 95.0    # span ~105: exp(-105) is a float32 denormal, maybe 0 after the division
+    expected = (torch.nn.functional.softmax(logits, dim=-1) == 0).any(-1)
+    assert expected[1] and expected[3] and not expected[0] and not expected[2]
+    assert torch.equal(softmax_underflows(logits), expected)
+
+
+def test_unembed_made_once_gives_transformer_lens_logits_bit_for_bit():
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from evals.core import _Unembed
+
+    for softcap in (-1.0, 5.0):
+        model = HookedTransformer(HookedTransformerConfig(
+            n_layers=2, d_model=16, d_head=4, n_heads=4, d_mlp=32, n_ctx=8, d_vocab=50, act_fn="gelu",
+            normalization_type="LN", seed=0, output_logits_soft_cap=softcap)).eval()
+        resid = torch.randn(3, 8, 16)
+        with torch.no_grad():
+            theirs = model(resid, start_at_layer=model.cfg.n_layers)
+            h, ours = _Unembed(model)(resid)
+        assert torch.equal(ours, theirs) and torch.equal(h, model.ln_final(resid))
