@@ -1,15 +1,17 @@
 """One command per comparison: every variant along the sparsity frontier, the baselines at several seeds,
 all on the same cached activations, then evaluated (a script on top of experiment.py, whose commands it runs).
 
-    python compare.py [--out=comparison] [--n_tokens=100000] [--variants=relu,topk,...] [--seeded=relu,topk]
-                      [--seeds=0,1,2] [--evals=core,diagnostics] [--dry_run] [-- FLAGS FOR experiment.py ...]
+    python compare.py [--out=comparison] [--n_tokens=100000] [--variants=relu,topk,...] [--seeded=relu]
+                      [--seeds=0,1,2] [--evals=core,diagnostics] [--core_batches=4] [--dry_run]
+                      [-- FLAGS FOR experiment.py ...]
     python compare.py --dose [--weights=1,10,100] [--dose_at=1] ...     # dose-response of the seed variants
     python compare.py --noise [--noise_evals=...] [--eval_seeds=1,2] ...  # what each eval can resolve
 
 For each variant: `experiment.py --variant=V --sweep V.KNOB=v1,v2,... [--sweep seed=...]`, its sparsity setting
 and grid from the variant's SPARSITY (trainers/), every point of the grid trained together in one pass over
-the cached activations; the --seeded variants (the baselines the others are judged against) at every seed of
---seeds, the others at the first. Each SAE is its own run folder, OUT/VARIANT_i, with its own notes section
+the cached activations; the --seeded variants (the baselines the others are judged against; ReLU by default) at
+every seed of --seeds, the others at the first. Core measures CE/KL on --core_batches batches (4, half of
+SAEBench's 8: the default comparison's time; its noise is in the README), the same for every run and dose run. Each SAE is its own run folder, OUT/VARIANT_i, with its own notes section
 in OUT/notes.txt. A variant whose folders are all complete is not trained again (so a comparison that was
 stopped goes on where it was, and adding a variant trains only it). Then:
 
@@ -50,7 +52,8 @@ if __name__ == "__main__":  # offline, before transformers/datasets are imported
 from trainers import VARIANTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-DEFAULTS = {"out": "comparison", "n_tokens": "100000", "variants": ",".join(VARIANTS), "seeded": "relu,topk",
+DEFAULTS = {"out": "comparison", "n_tokens": "100000", "variants": ",".join(VARIANTS), "seeded": "relu",
+            "core_batches": "4",
             "seeds": "0,1,2", "evals": "core,diagnostics", "weights": "1,10,100", "dose_at": "1",
             "noise_evals": "core,diagnostics,sparse_probing,scr,tpp,absorption", "eval_seeds": "1,2"}
 FLAGS = ("dry_run", "dose", "noise")
@@ -61,6 +64,24 @@ def variant_evals(variant: str, evals: str) -> list[str]:
     """The comparison's evals plus those the variant's target metrics come from (adversarial: SCR)."""
     out = evals.split(",")
     return out + [p[0] for _, p in getattr(VARIANTS[variant], "TARGET_METRICS", ()) if p[0] in ("scr", "tpp") and p[0] not in out]
+
+
+def core_batches(opts: dict) -> list[str]:
+    """core's CE/KL batches for every run of a comparison and its dose-response (one setting, so that they
+    compare): 4 by default, not SAEBench's 8, which keep the default comparison under 90 minutes on a 2-core
+    CPU (README, "Time on this 2-core CPU")."""
+    return ["--set", f"core.reconstruction_batches={int(opts['core_batches'])}"] if "core" in opts["evals"].split(",") else []
+
+
+def other_core_batches(out: Path, batches: int) -> dict[str, int]:
+    """The runs in OUT/ whose core read another number of CE/KL batches than `batches` (run folder -> number):
+    a comparison, or a variant or dose-response added to it later, keeps one number throughout."""
+    other = {}
+    for info_file in out.glob("*/final_info.json"):
+        core = json.loads(info_file.read_text()).get("config", {}).get("evals", {}).get("core")
+        if isinstance(core, dict) and core.get("reconstruction_batches", batches) != batches:
+            other[info_file.parent.name] = core["reconstruction_batches"]
+    return other
 
 
 def dose_variants(opts: dict) -> list[str]:
@@ -78,7 +99,7 @@ def dose_commands(opts: dict, extra: list[str]) -> list[tuple[str, list[str], in
         args = [f"--out_dir={out / ('dose_' + variant)}", f"--variant={variant}", "--sweep", f"{variant}.weight=" + ",".join(weights),
                 "--set", f"{variant}.{knob}={grid[int(opts['dose_at'])]:g}", f"--seed={opts['seeds'].split(',')[0]}",
                 f"--n_tokens={opts['n_tokens']}", f"--evals={','.join(variant_evals(variant, opts['evals']))}",
-                f"--notes={out / 'notes.txt'}", *extra]
+                *core_batches(opts), f"--notes={out / 'notes.txt'}", *extra]
         todo.append(("dose_" + variant, args, len(weights)))
     return todo
 
@@ -165,7 +186,8 @@ def commands(opts: dict, extra: list[str]) -> list[tuple[str, list[str], int]]:
         evals = variant_evals(variant, opts["evals"])
         args = [f"--out_dir={out / variant}", f"--variant={variant}",
                 "--sweep", f"{variant}.{knob}=" + ",".join(f"{v:g}" for v in grid), "--sweep", "seed=" + ",".join(run_seeds),
-                f"--n_tokens={opts['n_tokens']}", f"--evals={','.join(evals)}", f"--notes={out / 'notes.txt'}", *extra]
+                f"--n_tokens={opts['n_tokens']}", f"--evals={','.join(evals)}", *core_batches(opts),
+                f"--notes={out / 'notes.txt'}", *extra]
         todo.append((variant, args, len(grid) * len(run_seeds)))
     return todo
 
@@ -194,7 +216,16 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"error: no variant {', '.join(map(repr, unknown))}; the variants are {', '.join(VARIANTS)}", file=sys.stderr)
         return 2
+    if not opts["core_batches"].isdecimal() or int(opts["core_batches"]) < 1:
+        print(f"error: --core_batches={opts['core_batches']!r}: a whole number of batches, at least 1", file=sys.stderr)
+        return 2
     out = Path(opts["out"])
+    other = other_core_batches(out, int(opts["core_batches"])) if "noise" not in opts and "core" in opts["evals"].split(",") else {}
+    if other:
+        print(f"error: {out}/ holds runs whose core read other batch counts ({', '.join(f'{n}: {b}' for n, b in sorted(other.items())[:3])}"
+              f"{', ...' if len(other) > 3 else ''}); give --core_batches={sorted(other.values())[0]} so that the runs compare, "
+              "or another --out", file=sys.stderr)
+        return 2
     start, times = time.perf_counter(), {}
     if "noise" in opts:
         sources = noise_sources(opts)

@@ -15,20 +15,24 @@ def compare(*args, cwd=ROOT):
 
 
 def test_dry_run_lists_one_sweep_per_variant_over_its_sparsity_grid_with_the_baselines_at_every_seed(tmp_path):
+    """ReLU is the seeded baseline by default (--seeded adds others); core runs at --core_batches."""
     from trainers import VARIANTS
 
-    proc = compare("--dry_run", f"--out={tmp_path}", "--seeds=0,1,2", "--", "--set", "core.reconstruction_batches=2")
-    assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("$ ")]
-    assert len(lines) == len(VARIANTS)
-    for variant, line in zip(VARIANTS, lines):
-        knob, grid = VARIANTS[variant].SPARSITY
-        assert f"--variant={variant} --sweep {variant}.{knob}=" + ",".join(f"{v:g}" for v in grid) in line
-        assert ("--sweep seed=0,1,2" if variant in ("relu", "topk") else "--sweep seed=0 ") in line
-        assert ("scr" in line.split("--evals=")[1].split()[0]) == (variant == "adversarial")  # its target's eval
-        assert line.endswith("--set core.reconstruction_batches=2")  # flags after -- reach experiment.py
-    n = sum(len(VARIANTS[v].SPARSITY[1]) * (3 if v in ("relu", "topk") else 1) for v in VARIANTS)
-    assert f"{len(VARIANTS)} sweeps, {n} SAEs" in proc.stdout
+    for seeded, flags in (("relu", ()), ("relu,topk", ("--seeded=relu,topk", "--core_batches=8"))):
+        proc = compare("--dry_run", f"--out={tmp_path}", "--seeds=0,1,2", *flags, "--", "--set", "diagnostics.seed=2")
+        assert proc.returncode == 0, proc.stderr
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("$ ")]
+        assert len(lines) == len(VARIANTS)
+        for variant, line in zip(VARIANTS, lines):
+            knob, grid = VARIANTS[variant].SPARSITY
+            assert f"--variant={variant} --sweep {variant}.{knob}=" + ",".join(f"{v:g}" for v in grid) in line
+            assert ("--sweep seed=0,1,2" if variant in seeded.split(",") else "--sweep seed=0 ") in line
+            assert ("scr" in line.split("--evals=")[1].split()[0]) == (variant == "adversarial")  # its target's eval
+            # core's batches, 4 unless --core_batches says otherwise, the same for every run
+            assert f"--set core.reconstruction_batches={8 if flags else 4} " in line
+            assert line.endswith("--set diagnostics.seed=2")  # flags after -- reach experiment.py
+        n = sum(len(VARIANTS[v].SPARSITY[1]) * (3 if v in seeded.split(",") else 1) for v in VARIANTS)
+        assert f"{len(VARIANTS)} sweeps, {n} SAEs" in proc.stdout
 
 
 def test_a_variant_with_all_its_runs_complete_is_skipped_and_bad_options_get_one_line(tmp_path):
@@ -40,7 +44,8 @@ def test_a_variant_with_all_its_runs_complete_is_skipped_and_bad_options_get_one
     proc = compare("--dry_run", f"--out={tmp_path}", "--variants=topk,relu", "--seeded=relu")
     assert proc.returncode == 0 and "topk: its 4 runs are complete" in proc.stdout
     assert "--variant=relu" in proc.stdout and "--variant=topk" not in proc.stdout
-    for bad, says in (("--variants=relu,nope", "no variant 'nope'"), ("--frobnicate=1", "is not an option")):
+    for bad, says in (("--variants=relu,nope", "no variant 'nope'"), ("--frobnicate=1", "is not an option"),
+                      ("--core_batches=0", "a whole number of batches")):
         proc = compare("--dry_run", bad)
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
@@ -135,3 +140,14 @@ def test_noise_extended_later_reevaluates_only_the_evals_no_reevaluation_holds_a
     assert [line for line in proc.stdout.splitlines() if line.startswith("$ ")] == [
         f"$ python reevaluate.py {tmp_path / 'relu_3'} --out_dir={tmp_path / 'noise_evalseed_unlearning_1'} "
         f"--evals=unlearning --set unlearning.split_seed=1 --notes={tmp_path / 'notes.txt'}"]
+
+
+def test_a_comparison_whose_runs_read_other_core_batches_is_not_extended_with_mixed_ones(tmp_path):
+    (tmp_path / "relu_0").mkdir()
+    (tmp_path / "relu_0" / "final_info.json").write_text(json.dumps(
+        {"status": "ok", "config": {"evals": {"core": {"reconstruction_batches": 8}}}}))
+    proc = compare("--dry_run", f"--out={tmp_path}", "--variants=topk")
+    assert proc.returncode == 2 and "relu_0: 8" in proc.stderr and "--core_batches=8" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = compare("--dry_run", f"--out={tmp_path}", "--variants=topk", "--core_batches=8")
+    assert proc.returncode == 0 and "--set core.reconstruction_batches=8 " in proc.stdout

@@ -149,6 +149,12 @@ def test_softmax_underflow_check_equals_float32_softmax_equal_zero():
     expected = (torch.nn.functional.softmax(logits, dim=-1) == 0).any(-1)
     assert expected[1] and expected[3] and not expected[0] and not expected[2]
     assert torch.equal(softmax_underflows(logits), expected)
+    # 16 bits: bfloat16 has float32's range; float16 underflows past about 17 nats, so its rows are checked
+    for dtype in (torch.bfloat16, torch.float16):
+        low = (logits / 8).to(dtype)  # spans of about 2 to 25 nats
+        expected = (torch.nn.functional.softmax(low, dim=-1) == 0).any(-1)
+        assert torch.equal(softmax_underflows(low), expected), dtype
+        assert dtype == torch.bfloat16 or expected.any()
 
 
 def test_unembed_made_once_gives_transformer_lens_logits_bit_for_bit():
