@@ -31,6 +31,7 @@ A run without a core eval is left out of the figures that need it; a failed run 
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import re
@@ -51,7 +52,7 @@ from trainers import VARIANTS  # noqa: E402
 
 def load_runs(pattern: str) -> list[dict]:
     runs = []
-    for info_path in Path(".").glob(f"{pattern}/final_info.json"):
+    for info_path in map(Path, glob.glob(f"{pattern}/final_info.json")):  # glob: an absolute pattern too
         try:
             info = json.loads(info_path.read_text())
         except (OSError, json.JSONDecodeError) as err:
@@ -919,7 +920,7 @@ FRONTIER_PATH = {"explained variance": ("summary", "explained_variance"), "CE-lo
 def load_reevaluations(pattern: str) -> list[dict]:
     """Every PATTERN/reevaluation.json (reevaluate.py --out_dir): an SAE evaluated again, e.g. at another eval seed."""
     out = []
-    for path in sorted(Path(".").glob(f"{pattern}/reevaluation.json")):
+    for path in sorted(map(Path, glob.glob(f"{pattern}/reevaluation.json"))):
         try:
             out.append({"name": path.parent.name, "info": json.loads(path.read_text())})
         except (OSError, json.JSONDecodeError) as err:
