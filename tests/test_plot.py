@@ -66,6 +66,15 @@ def test_plot_writes_every_figure_and_skips_runs_without_core(tmp_path):
     assert "| run_2 | relu | l1_coefficient=2.0 |" in table[4]  # a run recorded before the config had sections
 
 
+def test_runs_glob_may_be_an_absolute_pattern(tmp_path):
+    (tmp_path / "cmp" / "relu_0").mkdir(parents=True)
+    (tmp_path / "cmp" / "relu_0" / "final_info.json").write_text(json.dumps(fake_info("relu", 30.0)))
+    proc = subprocess.run([sys.executable, str(ROOT / "plot.py"), f"--runs_glob={tmp_path / 'cmp'}/*",
+                           f"--out={tmp_path / 'figs'}"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 runs" in proc.stdout and (tmp_path / "figs" / "runs_table.md").is_file()
+
+
 def test_plot_without_runs_says_so_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "plot.py")], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2 and "no run_*/final_info.json" in proc.stderr and "Traceback" not in proc.stderr
