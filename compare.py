@@ -11,8 +11,8 @@ For each variant: `experiment.py --variant=V --sweep V.KNOB=v1,v2,... [--sweep s
 and grid from the variant's SPARSITY (trainers/), every point of the grid trained together in one pass over
 the cached activations; the --seeded variants (the baselines the others are judged against; ReLU by default) at
 every seed of --seeds, the others at the first. Core measures CE/KL on --core_batches batches (4, half of
-SAEBench's 8: the default comparison's time; its noise is in the README), the same for every run and dose run. Each SAE is its own run folder, OUT/VARIANT_i, with its own notes section
-in OUT/notes.txt. A variant whose folders are all complete is not trained again (so a comparison that was
+SAEBench's 8: the default comparison's time; its noise is in the README), the same for every run and dose run.
+Each SAE is its own run folder, OUT/VARIANT_i, with its own notes section in OUT/notes.txt. A variant whose folders are all complete is not trained again (so a comparison that was
 stopped goes on where it was, and adding a variant trains only it). Then:
 
     python plot.py --runs_glob='comparison/*' --out=comparison/figures
@@ -220,7 +220,7 @@ def main(argv: list[str]) -> int:
         print(f"error: --core_batches={opts['core_batches']!r}: a whole number of batches, at least 1", file=sys.stderr)
         return 2
     out = Path(opts["out"])
-    other = other_core_batches(out, int(opts["core_batches"])) if "noise" not in opts and "core" in opts["evals"].split(",") else {}
+    other = other_core_batches(out, int(opts["core_batches"])) if "noise" not in opts and core_batches(opts) else {}
     if other:
         print(f"error: {out}/ holds runs whose core read other batch counts ({', '.join(f'{n}: {b}' for n, b in sorted(other.items())[:3])}"
               f"{', ...' if len(other) > 3 else ''}); give --core_batches={sorted(other.values())[0]} so that the runs compare, "
